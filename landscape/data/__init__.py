@@ -96,7 +96,6 @@ def register_dataset(name: str) -> Callable[[DatasetFactory], DatasetFactory]:
 
 def get_dataset(name: str, **kwargs: Any) -> DataBundle:
     """Build dataset ``name``; ``pkg.module:factory`` names a user factory."""
-    _load_builtin()
     if ":" in name:
         from landscape.entrypoints import load_entry_point
 
@@ -105,6 +104,7 @@ def get_dataset(name: str, **kwargs: Any) -> DataBundle:
         if not isinstance(bundle, DataBundle):
             raise TypeError(f"{name} returned {type(bundle).__name__}, expected DataBundle")
         return bundle
+    _load_builtin()
     if name not in DATASETS:
         raise KeyError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
     return DATASETS[name](**kwargs)

@@ -1,0 +1,46 @@
+"""Argument helpers shared by the subcommands."""
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+
+def parse_value(text: str) -> Any:
+    """JSON if it parses (``0.1``, ``true``, ``[64, 64]``, ``null``), else the string itself."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def parse_assignments(items: list[str] | None, what: str) -> dict[str, Any]:
+    """``["a=1", "b=[2,3]"]`` -> ``{"a": 1, "b": [2, 3]}``."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{what} must look like KEY=VALUE, got {item!r}")
+        out[key.strip().replace("-", "_")] = parse_value(value)
+    return out
+
+
+def add_entry_point_args(p: argparse.ArgumentParser) -> None:
+    """--model/--data entry points for bare state_dicts and foreign models."""
+    g = p.add_argument_group("foreign checkpoints")
+    g.add_argument("--model", metavar="PKG.MODULE:FACTORY", default=None,
+                   help="build the model with this factory (required for a bare state_dict)")
+    g.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="keyword argument of --model")
+    g.add_argument("--data", metavar="PKG.MODULE:FACTORY", default=None,
+                   help="build the data with this factory (returns a landscape.data.DataBundle)")
+    g.add_argument("--data-arg", action="append", metavar="KEY=VALUE", help="keyword argument of --data")
+
+
+def open_from_args(args: argparse.Namespace):
+    """``(checkpoint, model, data)`` for ``args.checkpoint`` honouring the entry-point flags."""
+    from landscape.checkpoint import open_checkpoint
+
+    return open_checkpoint(
+        args.checkpoint, model=args.model, data=args.data,
+        model_kwargs=parse_assignments(args.model_arg, "--model-arg") if args.model_arg else None,
+        data_kwargs=parse_assignments(args.data_arg, "--data-arg") if args.data_arg else None)

@@ -1,0 +1,120 @@
+"""The wrapper every training optimizer is: a base torch optimizer driven by a closure.
+
+``ClosureOptimizer.step(closure)`` = ``compute_gradients(closure)`` (a
+subclass hook: plain ERM calls the closure once; the sharpness-aware family
+perturbs, re-evaluates and leaves its update direction in ``p.grad``), then
+:meth:`apply_update`: unscale (fp16), skip on inf/NaN, clip the *final*
+gradient to ``max_grad_norm``, and step the base optimizer. The wrapper shares
+``param_groups`` with the base, so an LR scheduler on the wrapper drives both.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Iterable
+
+import torch
+from torch.optim import Optimizer
+
+BASES: dict[str, type[Optimizer]] = {"sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}
+
+
+def make_base(name: str, params: Any, **kwargs: Any) -> Optimizer:
+    """``sgd`` (lr, momentum, dampening, nesterov, weight_decay) or ``adamw`` (lr, betas, eps, weight_decay)."""
+    if name not in BASES:
+        raise KeyError(f"unknown base optimizer {name!r}; known: {', '.join(BASES)}")
+    kwargs.setdefault("foreach", True)
+    return BASES[name](params, **kwargs)
+
+
+class ClosureOptimizer(Optimizer):
+    """Base of every training optimizer; on its own it is empirical-risk minimization."""
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        *,
+        base: str = "sgd",
+        base_kwargs: dict[str, Any] | None = None,
+        max_grad_norm: float | None = None,
+        **defaults: Any,
+    ) -> None:
+        super().__init__(params, defaults)
+        self.base_name = base
+        self.base = make_base(base, self.param_groups, **(base_kwargs or {}))
+        self.param_groups = self.base.param_groups
+        self.max_grad_norm = max_grad_norm
+        self.scaler: torch.amp.GradScaler | None = None
+        self.skipped_steps = 0
+        self.last_grad_norm: float | None = None
+
+    # -- the step -----------------------------------------------------------------------
+    def compute_gradients(self, closure: Callable[..., torch.Tensor]) -> torch.Tensor:
+        """Leave the update direction in ``p.grad``; return the loss at ``w``. ERM: one pass."""
+        with torch.enable_grad():
+            return closure()
+
+    @torch.no_grad()
+    def step(self, closure: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:  # type: ignore[override]
+        if closure is None:
+            raise RuntimeError(f"{type(self).__name__}.step needs a closure")
+        loss = self.compute_gradients(closure)
+        self.apply_update()
+        return loss
+
+    def params_with_grad(self) -> list[torch.Tensor]:
+        return [p for g in self.param_groups for p in g["params"] if p.grad is not None]
+
+    def unscale_(self) -> None:
+        """Divide fp16-scaled gradients by the loss scale (once per step; no-op without a scaler)."""
+        if self.scaler is not None:
+            self.scaler.unscale_(self.base)
+
+    @torch.no_grad()
+    def apply_update(self) -> bool:
+        """Clip the final gradient and step the base optimizer; ``False`` if the step was skipped."""
+        self.unscale_()
+        grads = [p.grad for p in self.params_with_grad()]
+        finite = True
+        if self.max_grad_norm is not None and grads:
+            norm = torch.nn.utils.clip_grad_norm_(self.params_with_grad(), self.max_grad_norm, foreach=True)
+            self.last_grad_norm = float(norm)
+            finite = math.isfinite(self.last_grad_norm)
+        if self.scaler is not None:
+            before = self.scaler.get_scale()
+            self.scaler.step(self.base)
+            self.scaler.update()
+            stepped = self.scaler.get_scale() >= before
+        elif finite:
+            self.base.step()
+            stepped = True
+        else:
+            stepped = False
+        if not stepped:
+            self.skipped_steps += 1
+        return stepped
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.base.zero_grad(set_to_none=set_to_none)
+
+    # -- state --------------------------------------------------------------------------
+    def extra_state(self) -> dict[str, Any]:
+        """Subclass hook: scalars/tensors beyond per-parameter state (rho, beta, moving averages)."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
+        return {"wrapper": super().state_dict(), "base": self.base.state_dict(),
+                "extra": self.extra_state(), "skipped_steps": self.skipped_steps}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
+        super().load_state_dict(state_dict["wrapper"])
+        self.base.load_state_dict(state_dict["base"])
+        self.param_groups = self.base.param_groups
+        self.load_extra_state(state_dict.get("extra", {}))
+        self.skipped_steps = int(state_dict.get("skipped_steps", 0))
+
+    def metrics(self) -> dict[str, float]:
+        """Scalars worth logging each step (e.g. LETS's rho); empty by default."""
+        return {}

@@ -1,0 +1,120 @@
+"""The step closure: forward + backward on the current batch.
+
+The trainer builds one :class:`StepClosure`, sets the batch before every step
+and calls ``optimizer.step(closure)``. Optimizers of the sharpness-aware
+family call it several times per step; its flags let them
+
+* ``sync=False``: skip the DDP gradient all-reduce (per-replica perturbation),
+* ``update_bn=False``: leave BatchNorm running statistics untouched
+  (they are updated once per step, by the first pass),
+
+and gradient accumulation, autocast and loss scaling happen inside, so every
+optimizer sees ``p.grad`` = the gradient of the mean loss over the whole batch.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator
+
+import torch
+import torch.nn as nn
+
+from landscape.losses import loss_fn as make_loss_fn
+from landscape.losses import target_count
+
+
+@contextlib.contextmanager
+def frozen_bn_stats(model: nn.Module) -> Iterator[None]:
+    """Restore every BatchNorm running statistic (and its counter) on exit, bit-exactly."""
+    saved = [(b, b.detach().clone()) for m in model.modules()
+             if isinstance(m, nn.modules.batchnorm._NormBase)
+             for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buf, value in saved:
+                buf.copy_(value)
+
+
+class StepClosure:
+    """``closure(sync=True, update_bn=True) -> loss``: zero grads, forward, backward.
+
+    ``model`` is the module whose parameters the optimizer updates;
+    ``forward_model`` is what runs the forward pass (the DDP wrapper, or a
+    ``torch.compile``d module), by default ``model``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        task: str,
+        *,
+        forward_model: nn.Module | None = None,
+        label_smoothing: float = 0.0,
+        accum_steps: int = 1,
+        autocast_dtype: torch.dtype | None = None,
+        device: torch.device | str = "cpu",
+        scaler: "torch.amp.GradScaler | None" = None,
+    ) -> None:
+        if accum_steps < 1:
+            raise ValueError("accum_steps must be >= 1")
+        self.model = model
+        self.forward_model = forward_model if forward_model is not None else model
+        self.task = task
+        self.loss_fn: Callable = make_loss_fn(task, label_smoothing)
+        self.per_sample_loss_fn: Callable = make_loss_fn(task, label_smoothing, reduction="none")
+        self.accum_steps = accum_steps
+        self.device = torch.device(device)
+        self.autocast_dtype = autocast_dtype
+        self.scaler = scaler
+        self.x: torch.Tensor | None = None
+        self.y: torch.Tensor | None = None
+        self.calls = 0  # forward+backward passes since the last set_batch
+
+    @property
+    def params(self) -> list[nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def set_batch(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x = x.to(self.device, non_blocking=True)
+        self.y = y.to(self.device, non_blocking=True)
+        self.calls = 0
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def _no_sync(self, sync: bool) -> contextlib.AbstractContextManager:
+        if not sync and hasattr(self.forward_model, "no_sync"):
+            return self.forward_model.no_sync()
+        return contextlib.nullcontext()
+
+    def __call__(self, sync: bool = True, update_bn: bool = True) -> torch.Tensor:
+        if self.x is None or self.y is None:
+            raise RuntimeError("StepClosure called before set_batch")
+        for p in self.params:
+            p.grad = None
+        self.calls += 1
+        total = target_count(self.task, self.y)
+        chunks = list(zip(self.x.chunk(self.accum_steps), self.y.chunk(self.accum_steps)))
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float32)
+        bn = contextlib.nullcontext() if update_bn else frozen_bn_stats(self.model)
+        with bn:
+            for i, (xc, yc) in enumerate(chunks):
+                last = i == len(chunks) - 1
+                weight = target_count(self.task, yc) / total
+                with self._no_sync(sync and last):
+                    with self.autocast():
+                        loss = self.loss_fn(self.forward_model(xc), yc).float() * weight
+                    (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+                loss_sum += loss.detach()
+        return loss_sum
+
+    @torch.no_grad()
+    def per_sample_losses(self) -> torch.Tensor:
+        """Loss of every sample of the current batch, without touching grads or BN stats."""
+        assert self.x is not None and self.y is not None
+        with frozen_bn_stats(self.model), self.autocast():
+            return self.per_sample_loss_fn(self.model(self.x), self.y).float()

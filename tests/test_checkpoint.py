@@ -1,0 +1,176 @@
+"""The checkpoint contract: round trip, weights_only, and every bad-file case -> one line, exit 2."""
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from landscape.checkpoint import (FORMAT, Checkpoint, CheckpointError, load_checkpoint, open_checkpoint)
+from landscape.cli import main
+from tests.fixtures import blobs, tiny_mlp
+
+MODEL = "tests.fixtures:tiny_mlp"
+DATA = "tests.fixtures:blobs"
+
+
+def _ckpt(tmp_path, **over) -> str:
+    torch.manual_seed(0)
+    model = tiny_mlp()
+    c = Checkpoint(model_name="mlp", model_kwargs={"input_shape": [5], "num_outputs": 3},
+                   data_name="digits", data_kwargs={"seed": 0}, state_dict=model.state_dict(),
+                   optimizer={"name": "sgd", "hparams": {}}, metrics={"train_loss": 0.5}, epoch=1, step=10)
+    for k, v in over.items():
+        setattr(c, k, v)
+    path = tmp_path / "c.pt"
+    c.save(path)
+    return str(path)
+
+
+def test_round_trip_with_weights_only(tmp_path):
+    path = _ckpt(tmp_path)
+    raw = torch.load(path, weights_only=True)
+    assert raw["format"] == FORMAT and raw["format_version"] == 1
+    c = load_checkpoint(path)
+    assert c.model_name == "mlp" and c.metrics == {"train_loss": 0.5} and c.epoch == 1
+    assert set(c.versions) >= {"landscape", "torch", "python"}
+    ref = tiny_mlp()
+    torch.manual_seed(0)
+    ref = tiny_mlp()
+    for k, v in ref.state_dict().items():
+        assert torch.equal(v, c.state_dict[k])
+
+
+def _write(tmp_path, name, data: bytes) -> str:
+    p = tmp_path / name
+    p.write_bytes(data)
+    return str(p)
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > pwned.txt",))
+
+
+def bad_files(tmp_path) -> dict[str, str]:
+    good = _ckpt(tmp_path)
+    blob = open(good, "rb").read()
+    files = {
+        "missing": str(tmp_path / "nope.pt"),
+        "empty": _write(tmp_path, "empty.pt", b""),
+        "garbage": _write(tmp_path, "garbage.pt", os.urandom(2000)),
+        "truncated": _write(tmp_path, "trunc.pt", blob[: len(blob) // 2]),
+        "text": _write(tmp_path, "text.pt", b"hello world\n"),
+    }
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": FORMAT, "x": Evil()}, evil)
+    files["code"] = str(evil)
+    pk = tmp_path / "plain.pkl"
+    pk.write_bytes(pickle.dumps(Evil()))
+    files["pickle"] = str(pk)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"epoch": 3, "acc": 0.9}, foreign)
+    files["foreign"] = str(foreign)
+    bare = tmp_path / "bare.pt"
+    torch.save(tiny_mlp().state_dict(), bare)
+    files["bare"] = str(bare)
+    tensor = tmp_path / "tensor.pt"
+    torch.save(torch.zeros(3), tensor)
+    files["tensor"] = str(tensor)
+    v2 = tmp_path / "v2.pt"
+    d = torch.load(good, weights_only=True)
+    d["format_version"] = 99
+    torch.save(d, v2)
+    files["version"] = str(v2)
+    nofield = tmp_path / "nofield.pt"
+    d = torch.load(good, weights_only=True)
+    del d["model"]
+    torch.save(d, nofield)
+    files["missing_field"] = str(nofield)
+    wrongtype = tmp_path / "wrongtype.pt"
+    d = torch.load(good, weights_only=True)
+    d["state_dict"] = {"w": 3}
+    torch.save(d, wrongtype)
+    files["bad_state_dict"] = str(wrongtype)
+    return files
+
+
+def test_every_bad_file_is_a_checkpoint_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name, path in bad_files(tmp_path).items():
+        with pytest.raises(CheckpointError) as e:
+            load_checkpoint(path)
+        msg = str(e.value)
+        assert "\n" not in msg and len(msg) < 400, (name, msg)
+    assert not (tmp_path / "pwned.txt").exists(), "loading executed code"
+
+
+@pytest.mark.parametrize("kind", ["missing", "garbage", "truncated", "code", "foreign", "bare", "version",
+                                  "missing_field", "bad_state_dict", "tensor", "empty"])
+def test_cli_bad_file_one_line_exit_2(tmp_path, kind, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = bad_files(tmp_path)[kind]
+    assert main(["info", path]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("landscape: error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err
+    assert not (tmp_path / "pwned.txt").exists()
+
+
+def test_cli_subprocess_no_traceback(tmp_path):
+    path = bad_files(tmp_path)["truncated"]
+    r = subprocess.run([sys.executable, "-m", "landscape", "info", path], capture_output=True, text=True,
+                       cwd=os.getcwd())
+    assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.count("\n") == 1, r.stderr
+
+
+def test_mismatching_weights(tmp_path):
+    torch.manual_seed(0)
+    sd = tiny_mlp(hidden=16).state_dict()
+    c = Checkpoint(model_name=MODEL, model_kwargs={}, data_name=DATA, data_kwargs={}, state_dict=sd)
+    c.save(tmp_path / "m.pt")
+    with pytest.raises(CheckpointError, match="shape"):
+        open_checkpoint(tmp_path / "m.pt", model=MODEL, data=DATA)
+    sd2 = dict(sd)
+    sd2["extra.weight"] = torch.zeros(1)
+    Checkpoint(model_name=MODEL, model_kwargs={}, data_name=DATA, data_kwargs={}, state_dict=sd2).save(
+        tmp_path / "k.pt")
+    with pytest.raises(CheckpointError, match="unexpected extra.weight"):
+        open_checkpoint(tmp_path / "k.pt", model=MODEL, data=DATA, model_kwargs={"hidden": 16})
+
+
+def test_model_data_mismatch(tmp_path):
+    """A model whose outputs do not fit the data is refused before any analysis."""
+    torch.manual_seed(0)
+    bare = tmp_path / "bare.pt"
+    torch.save(tiny_mlp(num_outputs=4).state_dict(), bare)
+    with pytest.raises(CheckpointError, match="outputs 4 values per sample, the data needs 3"):
+        open_checkpoint(bare, model=MODEL, data=DATA, model_kwargs={"num_outputs": 4})
+    torch.save(tiny_mlp(input_shape=[7]).state_dict(), bare)
+    with pytest.raises(CheckpointError, match="does not accept the data"):
+        open_checkpoint(bare, model=MODEL, data=DATA, model_kwargs={"input_shape": [7]}, data_kwargs={"dim": 5})
+
+
+def test_entry_point_in_file_is_not_imported(tmp_path):
+    """A file naming `os:system` as its model must not get it called."""
+    c = Checkpoint(model_name="os:system", model_kwargs={"command": "echo pwned > pwned.txt"},
+                   data_name=DATA, data_kwargs={}, state_dict={"w": torch.zeros(1)})
+    c.save(tmp_path / "e.pt")
+    with pytest.raises(CheckpointError, match="entry point"):
+        open_checkpoint(tmp_path / "e.pt")
+    assert not (tmp_path / "pwned.txt").exists()
+
+
+def test_bare_state_dict_with_entry_points(tmp_path, capsys):
+    torch.manual_seed(1)
+    model = tiny_mlp()
+    torch.save(model.state_dict(), tmp_path / "bare.pt")
+    ckpt, net, data = open_checkpoint(tmp_path / "bare.pt", model=MODEL, data=DATA)
+    assert ckpt.model_name == MODEL and len(data.x_train) == 96
+    for a, b in zip(model.parameters(), net.parameters()):
+        assert torch.equal(a, b)
+    assert main(["info", str(tmp_path / "bare.pt"), "--model", MODEL, "--data", DATA, "--data-arg", "seed=3"]) == 0
+    assert "tiny_mlp" in capsys.readouterr().out
