@@ -1,0 +1,36 @@
+"""Run by tests/test_objective.py alone or under torchrun (2 gloo ranks): objective results as JSON."""
+from __future__ import annotations
+
+import json
+import sys
+
+import torch
+import torch.distributed as dist
+
+from landscape import distributed as D
+from landscape.curvature.lanczos import lanczos
+from landscape.curvature.trace import hutchinson
+from landscape.objective import Objective
+from tests.curvature_helpers import bn_net
+from tests.fixtures import blobs
+
+
+def main(out: str) -> None:
+    D.init_from_env("cpu")
+    d = blobs(n_train=41)  # odd: the two shards differ in size
+    obj = Objective(bn_net(), d.x_train.double(), d.y_train, batch_size=6)
+    v = torch.randn(obj.num_params, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ev = obj.evaluate()
+    res = {"world_size": D.world_size(), "loss": ev["loss"], "acc": ev["acc"], "grad": obj.grad().tolist(),
+           "hv": obj.hvp(v).tolist(), "ggn_v": obj.gvp(v).tolist(), "fisher_v": obj.fvp(v).tolist(),
+           "eigenvalues": lanczos(obj, 3, tol=1e-10).eigenvalues.tolist(),
+           "trace": hutchinson(obj, max_samples=16, rtol=None).trace}
+    if D.is_main():
+        with open(out, "w") as f:
+            json.dump(res, f)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
