@@ -1,0 +1,75 @@
+"""Gradient norms, globally and per parameter tensor or layer (GA-SAM, Fig. 5 and Prop. 3).
+
+``batch_size=None``: norms of the full-data gradient ``g = grad L(w)``.
+``batch_size=B``: GA-SAM's expectation over mini-batches,
+``E_b ||g_b||`` with ``g_b`` the gradient of the mean loss of ``B`` consecutive
+rows (``B=1``: per-sample gradients, ``G = E_z ||grad l(w; z)||``); a trailing
+group of fewer than ``B`` rows is left out. Every norm comes with its
+"gradient strength" ``norm / sqrt(n)`` (``n`` = parameters in the group),
+GA-SAM's ``G_(i) = E ||g_(i)|| / sqrt(n_(i))``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from landscape.objective import Objective
+
+
+@dataclass
+class GradientNorms:
+    """``norm`` / ``strength`` of the whole gradient and ``groups[name] = {"norm", "strength", "numel"}``."""
+
+    norm: float
+    strength: float
+    groups: dict[str, dict[str, float]]
+    batch_size: int | None
+    num_batches: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"norm": self.norm, "strength": self.strength, "batch_size": self.batch_size,
+                "num_batches": self.num_batches, "groups": self.groups}
+
+
+def gradient_norms(objective: Objective, *, batch_size: int | None = None, by: str = "tensor",
+                   w: torch.Tensor | None = None) -> GradientNorms:
+    """Gradient norms at ``w`` (default the base point) per ``by`` = ``tensor`` (named parameter) or
+    ``module`` (parameters of the same module summed: ``net.0.weight`` + ``net.0.bias`` -> ``net.0``)."""
+    if by not in ("tensor", "module"):
+        raise ValueError(f"by must be 'tensor' or 'module', got {by!r}")
+    names = [n if by == "tensor" else (n.rsplit(".", 1)[0] if "." in n else n) for n in objective.names]
+    groups = list(dict.fromkeys(names))
+    member = torch.zeros(len(names), len(groups) + 1, dtype=torch.float64, device=objective.device)
+    for i, n in enumerate(names):
+        member[i, groups.index(n)] = 1.0
+    member[:, -1] = 1.0  # last column: the whole vector
+    numel = torch.tensor(objective.sizes, dtype=torch.float64, device=objective.device) @ member
+
+    def group_norms(G: torch.Tensor) -> torch.Tensor:  # (c, P) -> (c, groups + 1)
+        sq = torch.stack([t.double().pow(2).sum(1) for t in G.split(objective.sizes, dim=1)], dim=1)
+        return (sq @ member).sqrt()
+
+    if batch_size is None:
+        norms, count = group_norms(objective.grad(w)[None])[0], None
+    else:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        sums = torch.zeros(len(groups) + 2, dtype=torch.float64, device=objective.device)
+        for G in objective.group_gradients(batch_size, w):
+            sums[:-1] += group_norms(G).sum(0)
+            sums[-1] += len(G)
+        objective.reduce_sum(sums)
+        count = int(sums[-1])
+        if count == 0:
+            raise ValueError(f"no complete mini-batch of {batch_size} rows in {objective.num_samples} samples")
+        norms = sums[:-1] / count
+    strength = norms / numel.sqrt()
+    return GradientNorms(
+        norm=float(norms[-1]), strength=float(strength[-1]), batch_size=batch_size, num_batches=count,
+        groups={g: {"norm": float(norms[i]), "strength": float(strength[i]), "numel": int(numel[i])}
+                for i, g in enumerate(groups)})
+
+
+__all__ = ["GradientNorms", "gradient_norms"]

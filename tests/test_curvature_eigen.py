@@ -1,0 +1,142 @@
+"""Lanczos and power iteration against dense eigendecompositions, scipy and PyHessian."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from landscape.curvature.fisher import fisher_eigenvalues
+from landscape.curvature.lanczos import lanczos
+from landscape.curvature.operators import MatrixOperator
+from landscape.curvature.power import power_iteration
+from landscape.objective import Objective
+from tests.curvature_helpers import assert_unchanged, bn_net, dense_hessian, small_mlp, snapshot
+from tests.fixtures import blobs
+
+
+@pytest.fixture(scope="module")
+def problem():
+    d = blobs(n_train=60)
+    x, y = d.x_train.double(), d.y_train
+    model = bn_net(hidden=6, seed=3)
+    H = dense_hessian(model, x, y)
+    return model, x, y, H, np.linalg.eigvalsh(H.numpy())
+
+
+def spectrum_matrix(values: np.ndarray, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    Q, _ = torch.linalg.qr(torch.randn(len(values), len(values), generator=g, dtype=torch.float64))
+    return Q @ torch.diag(torch.as_tensor(values, dtype=torch.float64)) @ Q.T
+
+
+@pytest.mark.parametrize("which", ["largest", "smallest", "both"])
+def test_lanczos_matches_dense_hessian(problem, which):
+    model, x, y, H, ev = problem
+    before = snapshot(model)
+    obj = Objective(model, x, y, batch_size=16)
+    k = 4
+    r = lanczos(obj, k, which=which, tol=1e-10, residuals=True, return_vectors=True)
+    want = {"largest": ev[::-1][:k], "smallest": ev[:k], "both": np.concatenate([ev[::-1][:k], ev[:k]])}[which]
+    assert r.converged and r.eigenvalues.shape == want.shape
+    np.testing.assert_allclose(r.eigenvalues, want, rtol=1e-8, atol=0)
+    scale = np.abs(ev).max()
+    assert np.all(r.residuals < 1e-8 * scale) and np.all(r.residual_estimates < 1e-8 * scale)
+    Y = r.eigenvectors
+    torch.testing.assert_close(Y @ Y.T, torch.eye(len(want), dtype=torch.float64), atol=1e-10, rtol=0)
+    torch.testing.assert_close(Y @ H @ Y.T, torch.diag(torch.as_tensor(want.copy())), atol=1e-9 * scale, rtol=0)
+    # the counters: Krylov steps plus k for the true residuals, one block pass for those
+    assert r.num_matvecs == r.num_iterations + len(want) == obj.counts["hessian"]
+    assert r.num_passes == obj.counts["passes"] == r.num_iterations + 1
+    assert_unchanged(model, before)
+
+
+def test_lanczos_restarts_and_caps():
+    values = np.concatenate([[10.0, 9.0, 8.5, 8.4, 8.3], np.linspace(-1, 1, 295)])
+    op = MatrixOperator(spectrum_matrix(values))
+    r = lanczos(op, 5, ncv=12, tol=1e-9, max_matvecs=5000)  # tight clusters need restarts with ncv=12
+    assert r.converged and r.num_iterations > 12
+    np.testing.assert_allclose(r.eigenvalues, values[:5], rtol=1e-8)
+    capped = lanczos(MatrixOperator(spectrum_matrix(values)), 5, ncv=12, tol=1e-9, max_matvecs=20)
+    assert not capped.converged and capped.num_matvecs == 20
+    with pytest.raises(ValueError):
+        lanczos(op, 5, ncv=6)
+    with pytest.raises(ValueError):
+        lanczos(op, 5, which="middle")
+
+
+def test_lanczos_low_rank_and_full_space():
+    values = np.array([3.0, 2.0, 1.0] + [0.0] * 17)
+    r = lanczos(MatrixOperator(spectrum_matrix(values, seed=1)), 5, tol=1e-10, residuals=True)
+    assert r.converged
+    np.testing.assert_allclose(r.eigenvalues, [3, 2, 1, 0, 0], atol=1e-12)
+    assert np.all(r.residuals < 1e-12)
+    tiny = MatrixOperator(spectrum_matrix(np.array([2.0, -1.0, 0.5])))
+    np.testing.assert_allclose(lanczos(tiny, 3).eigenvalues, [2.0, 0.5, -1.0], atol=1e-13)
+
+
+def test_lanczos_float32_operator_with_float64_basis(problem):
+    model, x, y, H, ev = problem
+    obj = Objective(bn_net(hidden=6, seed=3).float(), x.float(), y)
+    r = lanczos(obj, 3, tol=1e-5)
+    assert r.converged
+    np.testing.assert_allclose(r.eigenvalues, ev[::-1][:3], rtol=1e-5)
+
+
+def test_lanczos_is_seeded(problem):
+    model, x, y, _, _ = problem
+    a = lanczos(Objective(model, x, y), 2, seed=7, tol=1e-3)
+    b = lanczos(Objective(model, x, y), 2, seed=7, tol=1e-3)
+    assert np.array_equal(a.eigenvalues, b.eigenvalues) and a.num_matvecs == b.num_matvecs
+
+
+def test_lanczos_agrees_with_scipy_eigsh(problem):
+    from scipy.sparse.linalg import eigsh
+
+    model, x, y, _, _ = problem
+    obj = Objective(model, x, y)
+    ref = np.sort(eigsh(obj.hessian.to_scipy(), k=3, which="LA", tol=1e-13)[0])[::-1]
+    np.testing.assert_allclose(lanczos(obj, 3, tol=1e-10).eigenvalues, ref, rtol=1e-9)
+
+
+def test_power_iteration_matches_pyhessian_step_for_step():
+    pyhessian = pytest.importorskip("pyhessian")
+    d = blobs(n_train=64)
+    x, y = d.x_train.double(), d.y_train
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # PyHessian draws its vectors in the default dtype
+    try:
+        torch.manual_seed(1)
+        model = small_mlp(hidden=6).train()
+        before = snapshot(model)
+        ours = power_iteration(Objective(model, x, y, batch_size=16), 3, max_iter=50, tol=1e-4,
+                               seed=5, return_vectors=True)
+        assert_unchanged(model, before)
+        loader = [(x[i:i + 16], y[i:i + 16]) for i in range(0, 64, 16)]  # equal batches
+        H = pyhessian.hessian(model, torch.nn.CrossEntropyLoss(), dataloader=loader, cuda=False)
+        torch.manual_seed(5)
+        theirs, vectors = H.eigenvalues(maxIter=50, tol=1e-4, top_n=3)
+    finally:
+        torch.set_default_dtype(old)
+    np.testing.assert_allclose(ours.eigenvalues, theirs, rtol=1e-12)
+    V = torch.stack([torch.cat([t.reshape(-1) for t in v]) for v in vectors])
+    torch.testing.assert_close(ours.eigenvectors, V, rtol=0, atol=1e-12)
+    assert ours.num_matvecs == ours.num_iterations and 3 <= ours.num_iterations <= 150
+
+
+def test_power_iteration_finds_largest_magnitude():
+    op = MatrixOperator(spectrum_matrix(np.array([-5.0, 3.0, 1.0, 0.5, 0.1])))
+    r = power_iteration(op, 2, max_iter=500, tol=1e-12, residuals=True)
+    # PyHessian's v / (||v|| + 1e-6) leaves |v| = 1 / (1 + 1e-6): a relative bias of -2e-6
+    np.testing.assert_allclose(r.eigenvalues, [-5.0 / (1 + 1e-6) ** 2, 3.0 / (1 + 1e-6) ** 2], rtol=1e-9)
+    assert r.num_matvecs == r.num_iterations + 2
+
+
+def test_fisher_and_ggn_top_eigenvalues_match_dense(problem):
+    _, x, y, _, _ = problem
+    obj = Objective(small_mlp(), x, y, batch_size=13)
+    for kind in ("fisher", "ggn"):
+        dense = np.linalg.eigvalsh(obj.operator(kind).to_dense().numpy())[::-1]
+        r = fisher_eigenvalues(obj, 5, kind=kind, tol=1e-10)
+        np.testing.assert_allclose(r.eigenvalues, dense[:5], rtol=1e-8)
+    with pytest.raises(ValueError):
+        fisher_eigenvalues(obj, 2, kind="hessian")
