@@ -11,7 +11,7 @@ import importlib
 import sys
 from typing import Sequence
 
-COMMANDS = ["demo", "train", "info"]
+COMMANDS = ["demo", "train", "info", "analyze"]
 
 
 class UserError(Exception):

@@ -1,0 +1,214 @@
+"""The analysis report behind ``landscape analyze``: a registry of measures.
+
+A :class:`Measure` adds its own command-line flags, computes one JSON
+section from an :class:`AnalysisContext` and turns that section into table
+rows. Modules listed in :data:`MEASURE_MODULES` register theirs on import
+(``register_measure``); the report runs every enabled measure in order.
+
+``analyze(model, data, ...)`` is the programmatic entry point; the report is
+written atomically after every measure, and a re-run with the same
+checkpoint and settings (``resume_from``) skips the sections already done.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+MEASURE_MODULES = ["landscape.curvature.measures"]
+"""Modules whose import registers measures (in report order)."""
+
+
+@dataclass
+class Measure:
+    """One section of the report.
+
+    ``add_arguments(group)`` adds its flags; ``compute(ctx)`` returns the JSON section;
+    ``rows(section)`` gives ``(label, value)`` table rows; ``enabled(options)`` says whether it runs.
+    """
+
+    name: str
+    title: str
+    add_arguments: Callable[[argparse._ArgumentGroup], None]
+    compute: Callable[["AnalysisContext"], dict[str, Any]]
+    rows: Callable[[dict[str, Any]], list[tuple[str, str]]]
+    enabled: Callable[[argparse.Namespace], bool] = lambda options: True
+
+
+MEASURES: dict[str, Measure] = {}
+
+
+def register_measure(measure: Measure) -> Measure:
+    if measure.name in MEASURES:
+        raise ValueError(f"measure {measure.name!r} registered twice")
+    MEASURES[measure.name] = measure
+    return measure
+
+
+def load_measures() -> dict[str, Measure]:
+    for module in MEASURE_MODULES:
+        importlib.import_module(module)
+    return MEASURES
+
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The shared analysis flags plus every registered measure's flags."""
+    g = p.add_argument_group("data and numerics")
+    g.add_argument("--split", choices=["train", "test"], default="train",
+                   help="data split the curvature measures use [default: train]")
+    g.add_argument("--subset", type=int, default=None, metavar="N",
+                   help="use a fixed random subset of N samples of --split (seeded by --seed) [default: all]")
+    g.add_argument("--batch-size", type=int, default=512, help="micro-batch size (memory only) [default: 512]")
+    g.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1 [default: auto]")
+    g.add_argument("--dtype", choices=sorted(_DTYPES), default="float32",
+                   help="precision of the model evaluations [default: float32]")
+    g.add_argument("--params", default=None, metavar="SPEC",
+                   help="parameters to analyze: 'weights' (no biases / norm layers) or a regular expression "
+                        "on parameter names [default: all]")
+    g.add_argument("--hvp-mode", choices=["auto", "reverse", "forward"], default="auto",
+                   help="Hessian-vector products by double backward, forward-over-reverse, or the faster [default: auto]")
+    g.add_argument("--seed", type=int, default=0, help="seed of every random draw [default: 0]")
+    for measure in load_measures().values():
+        measure.add_arguments(p.add_argument_group(measure.title))
+
+
+def default_options(**overrides: Any) -> argparse.Namespace:
+    """The options ``landscape analyze`` would use with no flags, updated by ``overrides``."""
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    options = p.parse_args([])
+    unknown = sorted(set(overrides) - set(vars(options)))
+    if unknown:
+        raise ValueError(f"unknown analysis option(s): {', '.join(unknown)}")
+    for k, v in overrides.items():
+        setattr(options, k, v)
+    return options
+
+
+class AnalysisContext:
+    """What a measure computes from: the model, the data, the options and cached objectives."""
+
+    def __init__(self, model: nn.Module, data: Any, options: argparse.Namespace, *, progress: bool = False) -> None:
+        from landscape.distributed import local_device
+
+        self.model, self.data, self.options, self.progress = model, data, options, progress
+        self.device = local_device(options.device)
+        self.dtype = _DTYPES[options.dtype]
+        self.seed = options.seed
+        self._objectives: dict[tuple[str, bool], Any] = {}
+
+    def objective(self, split: str | None = None, *, full: bool = False):
+        """The (cached) :class:`~landscape.objective.Objective` on ``split`` (default ``--split``),
+        on ``--subset`` samples unless ``full``."""
+        from landscape.objective import Objective
+
+        split = split or self.options.split
+        key = (split, full)
+        if key not in self._objectives:
+            self._objectives[key] = Objective.from_bundle(
+                self.model, self.data, split, subset=None if full else self.options.subset, seed=self.seed,
+                batch_size=self.options.batch_size, device=self.device, dtype=self.dtype,
+                params=self.options.params, hvp_mode=self.options.hvp_mode)
+        return self._objectives[key]
+
+
+def settings(options: argparse.Namespace) -> dict[str, Any]:
+    """The options that determine the report's numbers (what a resumed run must match)."""
+    skip = {"func", "command", "checkpoint", "json", "quiet", "restart", "model", "model_arg", "data", "data_arg"}
+    return {k: v for k, v in sorted(vars(options).items()) if k not in skip}
+
+
+def file_digest(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def analyze(
+    model: nn.Module,
+    data: Any,
+    options: argparse.Namespace | None = None,
+    *,
+    header: dict[str, Any] | None = None,
+    json_path: str | Path | None = None,
+    resume: bool = True,
+    progress: bool = False,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """Run every enabled measure; return the report ``{**header, "settings", <measure>: section}``.
+
+    ``json_path``: write the report there atomically after each measure; with ``resume`` a report
+    already there with the same header and settings has its finished sections reused.
+    The model's parameters, buffers and train/eval flags are left exactly as they were.
+    """
+    from landscape.distributed import is_main
+    from landscape.io import atomic_write_json
+
+    if options is None:
+        options = default_options(**overrides)
+    else:
+        for k, v in overrides.items():
+            setattr(options, k, v)
+    report: dict[str, Any] = {**(header or {}), "settings": settings(options)}
+    done = _previous(json_path, report) if resume and json_path is not None else {}
+    ctx = AnalysisContext(model, data, options, progress=progress)
+    for name, measure in load_measures().items():
+        if not measure.enabled(options):
+            continue
+        if name in done:
+            report[name] = done[name]
+            continue
+        t0 = time.perf_counter()
+        section = measure.compute(ctx)
+        section["seconds"] = time.perf_counter() - t0
+        report[name] = section
+        if json_path is not None and is_main():
+            atomic_write_json(json_path, {**report, "complete": False})
+    report["complete"] = True
+    if json_path is not None and is_main():
+        atomic_write_json(json_path, report)
+    return report
+
+
+def _previous(path: str | Path, report: dict[str, Any]) -> dict[str, Any]:
+    """Finished sections of an earlier report at ``path`` made from the same header and settings."""
+    try:
+        old = json.loads(Path(path).read_text())
+    except (FileNotFoundError, json.JSONDecodeError, OSError):
+        return {}
+    if not isinstance(old, dict) or any(old.get(k) != json.loads(json.dumps(v)) for k, v in report.items()):
+        return {}
+    return {k: v for k, v in old.items() if k in MEASURES}
+
+
+def table(report: dict[str, Any], title: str = "") -> Any:
+    """A rich table of the report's sections."""
+    from rich.table import Table
+
+    t = Table(title=title or None, show_header=False)
+    t.add_column("measure", style="bold")
+    t.add_column("value")
+    for name, measure in load_measures().items():
+        if name not in report:
+            continue
+        t.add_section()
+        for label, value in measure.rows(report[name]):
+            t.add_row(label, value)
+    return t
+
+
+__all__ = ["AnalysisContext", "MEASURES", "MEASURE_MODULES", "Measure", "add_arguments", "analyze",
+           "default_options", "file_digest", "load_measures", "register_measure", "settings", "table"]
