@@ -162,7 +162,8 @@ def main(argv: list[str] | None = None) -> dict:
     r, wall = timed(lambda: lanczos(Objective(model, x, y, batch_size=bs, cache_graph=False), args.k))
     rows["ours lanczos tol=1e-06 (default)"] = scan[1e-6]
     rows["ours lanczos tol=1e-06, no graph cache"] = {
-        "hvps": r.num_matvecs, "passes": r.num_passes, "wall": wall, "error": max_rel_error(r.eigenvalues, ref.eigenvalues)}
+        "hvps": r.num_matvecs, "passes": r.num_passes, "wall": wall,
+        "error": max_rel_error(r.eigenvalues, ref.eigenvalues)}
     py = rows["pyhessian power tol=0.001 (default)"]
     for row in rows.values():
         row.update(hvp_ratio=py["hvps"] / row["hvps"], pass_ratio=py["passes"] / row["passes"],
@@ -243,7 +244,8 @@ def report(res: dict) -> None:
                   f"HVPs, error {tr['pyhessian']['error']:.4g}")
     for sketch in ("random", "lanczos"):
         r = tr[f"hutchpp_{sketch}"]
-        ratio = "not reached" if r["hvp_ratio"] is None else f"{r['hvp_ratio']:.1f}x fewer HVPs ({r['budget_matching']})"
+        ratio = ("not reached" if r["hvp_ratio"] is None
+                 else f"{r['hvp_ratio']:.1f}x fewer HVPs ({r['budget_matching']})")
         console.print(f"Hutch++ ({sketch} sketch) reaches Hutchinson's error with {ratio}")
 
 

@@ -77,7 +77,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="parameters to analyze: 'weights' (no biases / norm layers) or a regular expression "
                         "on parameter names [default: all]")
     g.add_argument("--hvp-mode", choices=["auto", "reverse", "forward"], default="auto",
-                   help="Hessian-vector products by double backward, forward-over-reverse, or the faster [default: auto]")
+                   help="Hessian-vector products by double backward, forward-over-reverse, or the faster "
+                        "[default: auto]")
     g.add_argument("--seed", type=int, default=0, help="seed of every random draw [default: 0]")
     for measure in load_measures().values():
         measure.add_arguments(p.add_argument_group(measure.title))

@@ -48,3 +48,14 @@ def test_quadrature_moments_density_normalization_and_smoothing():
     assert abs(r.density[1234] - mix) < 1e-6 * max(mix, 1.0)  # renormalization changes it by < 1e-6
     assert abs(r.trace_estimate - H.shape[0] * float((v @ H * v).sum(1).mean())) < 1e-10
     assert r.grid[0] < r.nodes.min() - 4.9 * 0.05 and r.grid[-1] > r.nodes.max() + 4.9 * 0.05
+
+
+def test_runs_go_in_turns_when_their_bases_do_not_fit_together():
+    g = torch.Generator().manual_seed(1)
+    A = torch.randn(40, 40, generator=g, dtype=torch.float64)
+    A = A + A.T
+    together = spectral_density(MatrixOperator(A), num_runs=5, num_steps=10)
+    in_turns = spectral_density(MatrixOperator(A), num_runs=5, num_steps=10, basis_bytes=2 * 10 * 40 * 8)
+    np.testing.assert_allclose(in_turns.nodes, together.nodes, atol=1e-12)
+    np.testing.assert_allclose(in_turns.weights, together.weights, atol=1e-12)
+    assert (together.num_passes, in_turns.num_passes) == (10, 30) and in_turns.num_matvecs == 50

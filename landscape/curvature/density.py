@@ -63,9 +63,13 @@ def spectral_density(
     grid_size: int = 1000,
     seed: int = 0,
     basis_dtype: torch.dtype = torch.float64,
+    basis_bytes: int = 8 << 30,
     progress: bool = False,
 ) -> DensityResult:
-    """SLQ density of ``op`` (see the module docstring for the estimator and the smoothing)."""
+    """SLQ density of ``op`` (see the module docstring for the estimator and the smoothing).
+
+    Runs advance together while their Lanczos bases fit ``basis_bytes``; more runs go in turns.
+    """
     op = as_operator(op)
     P = op.num_params
     m = min(num_steps, P)
@@ -73,8 +77,11 @@ def spectral_density(
         raise ValueError("num_runs and num_steps must be >= 1")
     work = Work(op)
     gen = torch.Generator().manual_seed(seed)
-    with progress_bar(f"spectral density ({op.name}, {num_runs} runs)", m, progress) as advance:
-        _, T = krylov_basis(op, rademacher(num_runs, P, gen).to(op.device, basis_dtype), m, gen, basis_dtype, advance)
+    together = max(1, min(num_runs, basis_bytes // (m * P * torch.finfo(basis_dtype).bits // 8)))
+    starts = rademacher(num_runs, P, gen).to(op.device, basis_dtype)
+    with progress_bar(f"spectral density ({op.name}, {num_runs} runs)", m * -(-num_runs // together),
+                      progress) as advance:
+        T = np.concatenate([krylov_basis(op, V0, m, gen, basis_dtype, advance)[1] for V0 in starts.split(together)])
     nodes, weights = np.zeros((num_runs, m)), np.zeros((num_runs, m))
     for r in range(num_runs):
         theta, S = eigh_tridiagonal(np.diagonal(T[r]).copy(), np.diagonal(T[r], 1).copy())

@@ -16,7 +16,8 @@ from landscape.curvature.lanczos import EigenResult, lanczos
 from landscape.objective import Objective
 
 
-def fisher_eigenvalues(objective: Objective, k: int = 50, *, kind: str = "fisher", **lanczos_kwargs: Any) -> EigenResult:
+def fisher_eigenvalues(objective: Objective, k: int = 50, *, kind: str = "fisher",
+                       **lanczos_kwargs: Any) -> EigenResult:
     """The ``k`` largest eigenvalues of the empirical Fisher (``kind="fisher"``) or the GGN (``"ggn"``)."""
     if kind not in ("fisher", "ggn"):
         raise ValueError(f"kind must be 'fisher' or 'ggn', got {kind!r}")

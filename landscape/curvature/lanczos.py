@@ -113,7 +113,7 @@ def lanczos(
             idx = _wanted(m, which, k)
             scale = float(np.abs(theta).max())
             est = np.abs(beta[0] * S[m - 1, idx])
-            rel = est / np.maximum(np.abs(theta[idx]), np.sqrt(eps_op) * scale)
+            rel = est / np.maximum(np.abs(theta[idx]), max(np.sqrt(eps_op) * scale, np.finfo(float).tiny))
             advance(1, residual=f"{rel.max():.1e}")
             if m >= n_want and bool(np.all(rel <= tol)) or m == P:
                 converged = True

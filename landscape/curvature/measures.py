@@ -23,6 +23,12 @@ def _values(xs: list[float] | None, fmt: str = ".6g") -> str:
     return "n/a" if xs is None else ", ".join(format(x, fmt) for x in xs)
 
 
+def _work(what: str, s: dict[str, Any], unconverged: str = "") -> tuple[str, str]:
+    """The ``products / data passes`` row, flagged when the section did not converge."""
+    flag = f"  ({unconverged})" if unconverged and not s["converged"] else ""
+    return f"  {what} / data passes", f"{s['matvecs']} / {s['passes']}{flag}"
+
+
 # ---------------------------------------------------------------- metrics
 def _metrics_args(g: argparse._ArgumentGroup) -> None:
     pass
@@ -83,7 +89,7 @@ def _eig_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
     rows = [(f"Hessian eigenvalues ({s['which']}, {s['method']})", _values(s["eigenvalues"]))]
     if s.get("residuals") is not None:
         rows.append(("  residuals ||Hv - lambda v||", _values(s["residuals"], ".2e")))
-    rows.append(("  HVPs / data passes", f"{s['matvecs']} / {s['passes']}" + ("" if s["converged"] else "  (NOT converged)")))
+    rows.append(_work("HVPs", s, "NOT converged"))
     return rows
 
 
@@ -117,7 +123,7 @@ def _trace(ctx: AnalysisContext) -> dict[str, Any]:
 
 def _trace_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
     return [(f"Hessian trace ({s['method']})", f"{_g(s['trace'])} ± {s['stderr']:.2g}"),
-            ("  HVPs / data passes", f"{s['matvecs']} / {s['passes']}" + ("" if s["converged"] else "  (rtol not reached)"))]
+            _work("HVPs", s, "rtol not reached")]
 
 
 register_measure(Measure("hessian_trace", "Hessian trace", _trace_args, _trace, _trace_rows,
@@ -144,7 +150,7 @@ def _density_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
     lo, hi = min(map(min, s["nodes"])), max(map(max, s["nodes"]))
     return [("spectral density (SLQ)", f"support [{lo:.4g}, {hi:.4g}], sigma {s['sigma']:.3g}, "
                                        f"trace ~ {s['trace_estimate']:.4g}"),
-            ("  HVPs / data passes", f"{s['matvecs']} / {s['passes']}")]
+            _work("HVPs", s)]
 
 
 register_measure(Measure("spectral_density", "spectral density", _density_args, _density, _density_rows,
@@ -170,7 +176,7 @@ def _fisher_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
     ev = s["eigenvalues"]
     shown = _values(ev[:5]) + (f", ... ({len(ev)} in the JSON)" if len(ev) > 5 else "")
     return [(f"{'empirical Fisher' if s['kind'] == 'fisher' else 'GGN'} top-{s['k']}", shown),
-            ("  products / data passes", f"{s['matvecs']} / {s['passes']}" + ("" if s["converged"] else "  (NOT converged)"))]
+            _work("products", s, "NOT converged")]
 
 
 register_measure(Measure("fisher_eigenvalues", "Fisher / Gauss-Newton eigenvalues", _fisher_args, _fisher,

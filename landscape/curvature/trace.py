@@ -84,6 +84,7 @@ def hutchpp(
     min_samples: int = 10,
     block: int = 8,
     seed: int = 0,
+    basis_bytes: int = 4 << 30,
     progress: bool = False,
 ) -> TraceResult:
     """Hutch++ estimate of ``tr(op)`` within ``max_samples`` products:
@@ -95,13 +96,16 @@ def hutchpp(
     ``2 * max_samples // 3``) and ``tr(Q^T A Q) = tr(T)`` comes with it: one product per basis
     vector, and a Krylov space captures the dominant eigenvectors far better than one sketch.
     Either way ``Q`` is independent of the Hutchinson vectors, so the estimate is unbiased.
+    The default ``rank`` is capped so that the float64 basis fits ``basis_bytes``.
     """
     if sketch not in ("random", "lanczos"):
         raise ValueError(f"sketch must be 'random' or 'lanczos', got {sketch!r}")
     op = as_operator(op)
     P = op.num_params
     cost = 2 if sketch == "random" else 1  # products per sketch dimension
-    r = min(P, (max_samples // 3 if sketch == "random" else 2 * max_samples // 3) if rank is None else rank)
+    if rank is None:
+        rank = min(max_samples // 3 if sketch == "random" else 2 * max_samples // 3, max(1, basis_bytes // (8 * P)))
+    r = min(P, rank)
     if r < 1 or (r < P and max_samples - cost * r < 2):
         raise ValueError(f"hutchpp needs 1 <= rank and {cost} * rank + 2 <= max_samples, got rank={r}, "
                          f"max_samples={max_samples}")
