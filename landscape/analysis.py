@@ -107,7 +107,7 @@ class AnalysisContext:
         self.device = local_device(options.device)
         self.dtype = _DTYPES[options.dtype]
         self.seed = options.seed
-        self._objectives: dict[tuple[str, bool], Any] = {}
+        self._objectives: dict[tuple[str, int | None], Any] = {}
 
     def objective(self, split: str | None = None, *, full: bool = False):
         """The (cached) :class:`~landscape.objective.Objective` on ``split`` (default ``--split``),
@@ -115,10 +115,10 @@ class AnalysisContext:
         from landscape.objective import Objective
 
         split = split or self.options.split
-        key = (split, full)
+        key = (split, None if full else self.options.subset)
         if key not in self._objectives:
             self._objectives[key] = Objective.from_bundle(
-                self.model, self.data, split, subset=None if full else self.options.subset, seed=self.seed,
+                self.model, self.data, split, subset=key[1], seed=self.seed,
                 batch_size=self.options.batch_size, device=self.device, dtype=self.dtype,
                 params=self.options.params, hvp_mode=self.options.hvp_mode)
         return self._objectives[key]
@@ -149,13 +149,14 @@ def analyze(
     progress: bool = False,
     **overrides: Any,
 ) -> dict[str, Any]:
-    """Run every enabled measure; return the report ``{**header, "settings", <measure>: section}``.
+    """Run every enabled measure; return ``{**header, "settings", "runtime", <measure>: section, "complete"}``.
 
     ``json_path``: write the report there atomically after each measure; with ``resume`` a report
     already there with the same header and settings has its finished sections reused.
     The model's parameters, buffers and train/eval flags are left exactly as they were.
     """
-    from landscape.distributed import is_main
+    from landscape import distributed as D
+    from landscape.checkpoint import versions
     from landscape.io import atomic_write_json
 
     if options is None:
@@ -163,9 +164,15 @@ def analyze(
     else:
         for k, v in overrides.items():
             setattr(options, k, v)
-    report: dict[str, Any] = {**(header or {}), "settings": settings(options)}
-    done = _previous(json_path, report) if resume and json_path is not None else {}
     ctx = AnalysisContext(model, data, options, progress=progress)
+    report: dict[str, Any] = {**(header or {}), "settings": settings(options),
+                              "runtime": {"device": str(ctx.device), "world_size": D.world_size(),
+                                          "versions": versions()}}
+    done = _previous(json_path, report) if resume and json_path is not None and D.is_main() else {}
+    if D.is_distributed():  # every rank must run the same measures
+        box = [done]
+        torch.distributed.broadcast_object_list(box, src=0)
+        done = box[0]
     for name, measure in load_measures().items():
         if not measure.enabled(options):
             continue
@@ -176,10 +183,10 @@ def analyze(
         section = measure.compute(ctx)
         section["seconds"] = time.perf_counter() - t0
         report[name] = section
-        if json_path is not None and is_main():
+        if json_path is not None and D.is_main():
             atomic_write_json(json_path, {**report, "complete": False})
     report["complete"] = True
-    if json_path is not None and is_main():
+    if json_path is not None and D.is_main():
         atomic_write_json(json_path, report)
     return report
 
@@ -190,7 +197,8 @@ def _previous(path: str | Path, report: dict[str, Any]) -> dict[str, Any]:
         old = json.loads(Path(path).read_text())
     except (FileNotFoundError, json.JSONDecodeError, OSError):
         return {}
-    if not isinstance(old, dict) or any(old.get(k) != json.loads(json.dumps(v)) for k, v in report.items()):
+    if not isinstance(old, dict) or any(old.get(k) != json.loads(json.dumps(v, default=str))
+                                        for k, v in report.items()):
         return {}
     return {k: v for k, v in old.items() if k in MEASURES}
 

@@ -98,7 +98,7 @@ def test_loss_grad_and_eval_mode_policy(data):
 
 def test_evaluate_many_matches_single_points(data):
     x, y = data
-    obj = Objective(small_mlp(), x, y, batch_size=16)
+    obj = Objective(bn_net(), x, y, batch_size=16)
     W = obj.params() + 0.3 * torch.randn(5, obj.num_params, dtype=torch.float64)
     many = obj.evaluate_many(W, chunk_size=2)
     for i, w in enumerate(W):
