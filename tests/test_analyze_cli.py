@@ -17,6 +17,9 @@ from optimizers.trainer import Trainer
 from tests.curvature_helpers import assert_unchanged, bn_net, snapshot
 from tests.fixtures import blobs
 
+# torch's forward-AD decompositions still call the deprecated torch.jit.script.
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+
 MODEL, DATA = "tests.fixtures:tiny_mlp", "tests.fixtures:blobs"
 ENTRY = ["--model", MODEL, "--data", DATA]
 

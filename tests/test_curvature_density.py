@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from scipy.integrate import trapezoid
 
@@ -11,6 +12,9 @@ from landscape.curvature.trace import rademacher
 from landscape.objective import Objective
 from tests.curvature_helpers import assert_unchanged, bn_net, dense_hessian, snapshot
 from tests.fixtures import blobs
+
+# torch's forward-AD decompositions still call the deprecated torch.jit.script.
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 
 
 def test_full_length_runs_recover_the_spectrum_and_weights():

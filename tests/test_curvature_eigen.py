@@ -13,6 +13,9 @@ from landscape.objective import Objective
 from tests.curvature_helpers import assert_unchanged, bn_net, dense_hessian, small_mlp, snapshot
 from tests.fixtures import blobs
 
+# torch's forward-AD decompositions still call the deprecated torch.jit.script.
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+
 
 @pytest.fixture(scope="module")
 def problem():
@@ -98,6 +101,7 @@ def test_lanczos_agrees_with_scipy_eigsh(problem):
     np.testing.assert_allclose(lanczos(obj, 3, tol=1e-10).eigenvalues, ref, rtol=1e-9)
 
 
+@pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph=True:UserWarning")
 def test_power_iteration_matches_pyhessian_step_for_step():
     pyhessian = pytest.importorskip("pyhessian")
     d = blobs(n_train=64)

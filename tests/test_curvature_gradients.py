@@ -12,6 +12,9 @@ from landscape.objective import Objective
 from tests.curvature_helpers import assert_unchanged, bn_net, full_loss, snapshot
 from tests.fixtures import blobs
 
+# torch's forward-AD decompositions still call the deprecated torch.jit.script.
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+
 
 @pytest.fixture(scope="module")
 def data():

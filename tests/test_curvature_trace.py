@@ -14,6 +14,9 @@ from landscape.objective import Objective
 from tests.curvature_helpers import assert_unchanged, bn_net, dense_hessian, snapshot
 from tests.fixtures import blobs
 
+# torch's forward-AD decompositions still call the deprecated torch.jit.script.
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+
 
 @pytest.fixture(scope="module")
 def data():

@@ -13,11 +13,17 @@ import torch
 import torch.nn as nn
 from torch.func import functional_call
 
+from landscape.curvature.lanczos import lanczos
 from landscape.evaluation import evaluate
 from landscape.losses import loss_fn
+from landscape.models import build_model
 from landscape.objective import Objective, select_parameters, subset_indices
 from tests.curvature_helpers import assert_unchanged, bn_net, dense_hessian, full_loss, small_mlp, snapshot
 from tests.fixtures import blobs
+from tests.test_models import CASES, make_batch, task_of
+
+# torch's forward-AD decompositions still call the deprecated torch.jit.script.
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -236,3 +242,29 @@ def test_two_gloo_processes_equal_single_process(tmp_path):
     assert d["world_size"] == 2 and s["world_size"] == 1
     for key in ("loss", "acc", "grad", "hv", "ggn_v", "fisher_v", "eigenvalues", "trace"):
         np.testing.assert_allclose(d[key], s[key], rtol=1e-10, atol=1e-12, err_msg=key)
+
+
+BUILTIN = [CASES[i] for i in (1, 4, 7, 12, 14, 16, 18)]  # one small configuration per architecture
+
+
+@pytest.mark.parametrize("case", BUILTIN, ids=[c[0] for c in BUILTIN])
+def test_every_builtin_architecture(case):
+    """Reverse, forward and cached HVPs agree on each architecture; a measure leaves it untouched."""
+    name, kwargs = case
+    torch.manual_seed(0)
+    model = build_model(name, **kwargs).double()
+    x, y = make_batch(kwargs, n=5)
+    x = x.double() if x.is_floating_point() else x
+    before = snapshot(model)
+    task = task_of(name, kwargs)
+    v = torch.randn(sum(p.numel() for p in model.parameters()), dtype=torch.float64)
+    hv = {mode: Objective(model, x, y, task=task, batch_size=2, hvp_mode=mode, cache_graph=cache).hvp(v)
+          for mode, cache in (("reverse", False), ("forward", False), ("auto", True))}
+    scale = float(hv["reverse"].norm())
+    for mode in ("forward", "auto"):
+        torch.testing.assert_close(hv[mode], hv["reverse"], rtol=1e-9, atol=1e-11 * scale)
+    obj = Objective(model, x, y, task=task, batch_size=2)
+    assert lanczos(obj, 1, tol=1e-8).converged
+    assert np.isfinite(obj.evaluate_many(obj.params() + 0.01 * torch.randn(2, obj.num_params,
+                                                                           dtype=torch.float64))["loss"]).all()
+    assert_unchanged(model, before)
