@@ -103,7 +103,7 @@ def _trace_args(g: argparse._ArgumentGroup) -> None:
                    help="Hutchinson (Rademacher) or Hutch++ [default: hutchpp]")
     g.add_argument("--trace-sketch", choices=["lanczos", "random"], default="lanczos",
                    help="Hutch++ low-rank part: a Lanczos basis, or orth(H S) as in Meyer et al. [default: lanczos]")
-    g.add_argument("--trace-samples", type=int, default=300, help="most HVPs (0: skip the trace) [default: 300]")
+    g.add_argument("--trace-samples", type=int, default=150, help="most HVPs (0: skip the trace) [default: 150]")
     g.add_argument("--trace-rtol", type=float, default=1e-2,
                    help="stop once stderr <= rtol * |trace| [default: 0.01]")
     g.add_argument("--trace-rank", type=int, default=None,
