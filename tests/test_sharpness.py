@@ -114,6 +114,10 @@ def test_gnr_cos_example_sam_cannot_tell_them_apart():
         assert gnr.estimate == gnr.R  # rho = 1
         assert gnr.grad_norm < 1e-14 and gnr.R >= sam.sharpness  # Prop. 2.4
         assert gnr.work == {"grads": 5 * 101, "hvps": 5 * 100, "losses": 0, "passes": 5 * 201}
+        # the maximizer e* is returned: a steepest point of the ball, |L'(e*)| = R / rho
+        assert float(obj.grad(gnr.perturbation).abs()) == pytest.approx(gnr.max_grad_norm, rel=1e-12)
+        assert abs(math.sin(k * math.pi * float(gnr.perturbation[0]))) == pytest.approx(1.0, abs=1e-6)
+        assert "perturbation" not in gnr.to_dict()
 
 
 # ---------------------------------------------------------- eigenvalue estimates
