@@ -114,6 +114,10 @@ def test_gnr_cos_example_sam_cannot_tell_them_apart():
         assert gnr.estimate == gnr.R  # rho = 1
         assert gnr.grad_norm < 1e-14 and gnr.R >= sam.sharpness  # Prop. 2.4
         assert gnr.work == {"grads": 5 * 101, "hvps": 5 * 100, "losses": 0, "passes": 5 * 201}
+        # the maximizer e* is returned: a steepest point of the ball, |L'(e*)| = R / rho
+        assert float(obj.grad(gnr.perturbation).abs()) == pytest.approx(gnr.max_grad_norm, rel=1e-12)
+        assert abs(math.sin(k * math.pi * float(gnr.perturbation[0]))) == pytest.approx(1.0, abs=1e-6)
+        assert "perturbation" not in gnr.to_dict()
 
 
 # ---------------------------------------------------------- eigenvalue estimates
@@ -124,6 +128,12 @@ def test_estimates_are_exact_on_a_quadratic_at_its_minimum():
         assert gap.estimate == pytest.approx(4.0, rel=1e-8) and gap.first_order == 0.0
         gnr = gradient_norm_regularizer(obj, rho, steps=60, restarts=1, schedule="constant", step_size=1.0)
         assert gnr.estimate == pytest.approx(4.0, rel=1e-8)
+    # a gradient too small to normalize (1e-17: floating-point residue at a minimum) is a stationary point too
+    w0 = torch.full((len(LAMBDAS),), 1e-17, dtype=torch.float64)
+    near = quadratic(spd(), w0=w0)
+    assert 0 < float(near.grad().norm()) < 1e-12
+    assert surrogate_gap(near, 0.1, steps=200).estimate == pytest.approx(4.0, rel=1e-6)
+    assert min(LAMBDAS) <= surrogate_gap(near, 0.1).estimate <= max(LAMBDAS)  # a full step, along H e_0
 
 
 def test_estimates_tend_to_lambda_max_as_rho_shrinks():

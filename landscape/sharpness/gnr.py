@@ -15,7 +15,7 @@ the estimate reported beside Lanczos'. The ball is the shared :class:`~landscape
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -28,7 +28,8 @@ from landscape.sharpness.common import Cost, default_step_size, projected_ascent
 @dataclass
 class GNRResult:
     """``R``: ``rho * max ||grad L(w + e)||``; ``estimate``: ``R / rho^2``; ``max_grad_norm``: the maximum found;
-    ``grad_norm``: ``||grad L(w)||``; ``perturbation_norm``: ``||T^{-1} e*||_p`` of the maximizer."""
+    ``grad_norm``: ``||grad L(w)||``; ``perturbation_norm``: ``||T^{-1} e*||_p`` of the maximizer ``e*``
+    (``perturbation``, a flat vector; not in :meth:`to_dict`)."""
 
     rho: float
     R: float
@@ -44,9 +45,10 @@ class GNRResult:
     geometry: dict[str, Any]
     seed: int
     work: dict[str, int]
+    perturbation: torch.Tensor | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {k: v for k, v in self.__dict__.items() if k != "perturbation"}
 
 
 def gradient_norm_regularizer(
@@ -88,7 +90,7 @@ def gradient_norm_regularizer(
     return GNRResult(rho=float(rho), R=rho * r.value, estimate=r.value / rho, max_grad_norm=r.value,
                      grad_norm=r.start_value, perturbation_norm=region.norm(r.perturbation), run_values=r.run_values,
                      steps=steps, restarts=restarts, schedule=schedule, step_size=frac,
-                     geometry=geometry.to_dict(), seed=seed, work=work.to_dict())
+                     geometry=geometry.to_dict(), seed=seed, work=work.to_dict(), perturbation=r.perturbation)
 
 
 __all__ = ["GNRResult", "gradient_norm_regularizer"]

@@ -12,8 +12,10 @@ therefore also reports ``first_order = rho ||T g||_q`` and ``second_order_estima
 
 ``steps > 1`` refines the direction by normalized gradient ascent on the sphere,
 ``e_k = rho T^2 g_k / ||T g_k||`` with ``g_k = grad L(w + e_{k-1})``, which at a minimum of a quadratic is
-power iteration on ``H`` (so ``2 h / rho^2 -> lambda_max``). If ``g = 0`` exactly (a minimum of an analytic
-function), ``e_0`` is a seeded random point on the sphere and the first direction is ``grad L(w + e_0)``.
+power iteration on ``H`` (so ``2 h / rho^2 -> lambda_max``). If ``g`` is zero, or too small for its step to be
+normalized (``||T g||`` below the geometry's floor ``1e-12``, e.g. at a minimum of an analytic function or after
+full-batch descent has converged), ``e_0`` is a seeded random point on the sphere and the first direction is
+``grad L(w + e_0)``.
 """
 from __future__ import annotations
 
@@ -60,10 +62,10 @@ def surrogate_gap(objective: Any, rho: float, *, geometry: Geometry | None = Non
     loss0, g = objective.loss_and_grad()
     region = Region.of(geometry, objective, grad=g)
     dual = region.dual_norm(g)
-    if not bool(g.any()):  # exactly at a stationary point: probe in a random direction
-        probe = region.sample(rho, "boundary", torch.Generator().manual_seed(seed))
-        g = objective.grad(w0 + probe)
     e = region.ascent(g, rho)
+    if not region.norm(e) > 0.5 * rho:  # g = 0, or too small to normalize (||T g|| under the geometry's floor)
+        probe = region.sample(rho, "boundary", torch.Generator().manual_seed(seed))
+        e = region.ascent(objective.grad(w0 + probe), rho)
     for _ in range(steps - 1):
         e = region.ascent(objective.grad(w0 + e), rho)
     perturbed = objective.loss(w0 + e)
