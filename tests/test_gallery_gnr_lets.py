@@ -1,0 +1,126 @@
+"""The gallery scripts of GNR Fig. 2, LETS (rho, gap, landscapes), ASAM Fig. 2 and the spiral landscapes, each in
+``--quick`` mode, and the library options they added (titles and layouts of the comparison plots)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+
+GALLERY = Path(__file__).resolve().parents[1] / "gallery"
+MAX_PNG = 250 * 1024
+
+
+def script(name: str):
+    """A gallery script as a module (each adds the repository root and gallery/ to sys.path itself)."""
+    spec = importlib.util.spec_from_file_location(f"gallery_{name}", GALLERY / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_main(module, argv: list[str], monkeypatch) -> None:
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(sys, "argv", [module.__file__, *map(str, argv)])
+    try:
+        module.main()
+    finally:
+        torch.set_num_threads(threads)  # the scripts use one thread
+
+
+def png(path: Path) -> Image.Image:
+    assert path.exists() and 0 < path.stat().st_size < MAX_PNG, path
+    im = Image.open(path)
+    assert im.mode == "P"  # quantized to a palette: small files
+    return im
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """Quick runs shared by the tests (SGD and SAM serve GNR Fig. 2 and the landscapes alike)."""
+    return tmp_path_factory.mktemp("gallery-work")
+
+
+# ------------------------------------------------------------------------------------------- library options
+@pytest.fixture
+def saved_figures(monkeypatch):
+    """Every matplotlib figure saved during the test (to look at titles and axes)."""
+    from matplotlib.figure import Figure
+
+    figs, original = [], Figure.savefig
+
+    def savefig(self, *args, **kwargs):
+        figs.append(self)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    return figs
+
+
+def test_scatter_png_titles_columns_and_suptitle(tmp_path, saved_figures):
+    from landscape.study.report import scatter_png
+
+    rows = [{"optimizer": o, "a": float(i), "b": float(i * i), "gap": 0.1 * i} for i, o in
+            enumerate(["sgd", "sam", "sgd", "sam", "sgd"])]
+    corr = {"groups": {"all": {"targets": {"gap": [{"measure": "a", "tau": 1.0}, {"measure": "b", "tau": 0.5}]}}}}
+    scatter_png(rows, ["a", "b"], "gap", tmp_path / "s.png", corr, titles=["first", "second"], columns=1,
+                suptitle="the title")
+    fig = saved_figures[-1]
+    shown = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in shown] == ["first\ntau = +1.000", "second\ntau = +0.500"]
+    assert [ax.get_xlabel() for ax in shown] == ["a", "b"]
+    assert shown[0].get_position().y0 > shown[1].get_position().y1  # one column: stacked
+    assert fig._suptitle.get_text() == "the title"
+    legend_top = fig.legends[0].get_window_extent().y1
+    assert legend_top <= fig._suptitle.get_window_extent().y0 + 1  # the legend sits below the title
+    scatter_png(rows, ["a", "b"], "gap", tmp_path / "t.png", corr)  # defaults: measure names, one row
+    fig = saved_figures[-1]
+    assert [ax.get_title() for ax in fig.axes[:2]] == ["a\ntau = +1.000", "b\ntau = +0.500"]
+    assert fig._suptitle is None
+    with pytest.raises(ValueError, match="titles"):
+        scatter_png(rows, ["a", "b"], "gap", tmp_path / "u.png", corr, titles=["one"])
+
+
+def test_side_by_side_title_and_shared_y_labels(tmp_path, saved_figures):
+    from landscape.landscapes.plots import plot_side_by_side
+    from landscape.landscapes.surface import Surface
+
+    axes = [np.linspace(-1, 1, 5), np.linspace(-1, 1, 4)]
+    surfaces = []
+    for k in range(3):
+        z = (k + 1.0) * (axes[0][:, None] ** 2 + axes[1][None, :] ** 2)
+        surfaces.append(Surface(axes=axes, values={"train_loss": z}, done=np.ones(z.shape, bool),
+                                meta={"directions": {"kind": "random"}}))
+    plot_side_by_side(surfaces, ["a", "b", "c"], tmp_path / "x", title="my title")
+    fig = saved_figures[-1]
+    assert fig._suptitle.get_text() == "my title"
+    top = [ax for ax in fig.axes if ax.get_title() in ("a", "b", "c")]
+    assert [ax.yaxis.get_tick_params()["labelleft"] for ax in top] == [True, False, False]
+    plot_side_by_side(surfaces, ["a", "b", "c"], tmp_path / "y")
+    assert saved_figures[-1]._suptitle.get_text() == "train_loss: shared axes and colour scale"
+
+
+def test_compare_title_option(tmp_path, capsys, saved_figures):
+    from landscape.cli import main
+    from optimizers.config import TrainConfig
+    from optimizers.trainer import Trainer
+
+    entry = ["--model", "tests.fixtures:tiny_mlp", "--data", "tests.fixtures:blobs"]
+    paths = []
+    for seed in (1, 2):
+        path = tmp_path / f"m{seed}.pt"
+        Trainer(TrainConfig(model=entry[1], data=entry[3], epochs=1, batch_size=32, seed=seed), path,
+                progress=False).run()
+        paths.append(path)
+    code = main(["compare", *map(str, paths), *entry, "--xpoints", "3", "--no-interp", "--no-html", "--quiet",
+                 "--title", "SGD seeds", "--out", str(tmp_path / "c")])
+    assert code == 0, capsys.readouterr().err
+    assert [f._suptitle.get_text() for f in saved_figures if f._suptitle] == ["SGD seeds"]
