@@ -49,6 +49,23 @@ def work(tmp_path_factory):
     return tmp_path_factory.mktemp("gallery-work")
 
 
+# ------------------------------------------------------------------------------------------- spirals
+def test_landscapes_spirals_quick(tmp_path, monkeypatch, capsys):
+    from landscape.landscapes.surface import Surface
+
+    mod = script("landscapes_spirals")
+    run_main(mod, ["--quick", "--work", tmp_path / "w", "--out", tmp_path / "o"], monkeypatch)
+    capsys.readouterr()
+    for name in ("spirals_compare_sgd_batch", "spirals_pca_trajectory", "spirals_gasam_shift"):
+        png(tmp_path / "o" / f"{name}.png")
+    summary = json.loads((tmp_path / "w" / "compare.json").read_text())["landscapes"]
+    assert [c["label"] for c in summary["checkpoints"]] == ["SGD batch 32", "SGD batch 500"]
+    pca = Surface.load(tmp_path / "w" / "pca.npz")
+    assert pca.meta["directions"]["kind"] == "pca" and len(pca.meta["directions"]["path"]) == 5  # epochs 0..4
+    shift = json.loads((tmp_path / "w" / "shift.json").read_text())
+    assert shift["theta_star"]["finetune"]["test_loss_after"] < shift["theta_star"]["finetune"]["test_loss_before"]
+
+
 # ------------------------------------------------------------------------------------------- library options
 @pytest.fixture
 def saved_figures(monkeypatch):
