@@ -49,6 +49,33 @@ def work(tmp_path_factory):
     return tmp_path_factory.mktemp("gallery-work")
 
 
+# ------------------------------------------------------------------------------------------- GNR Fig. 2
+def test_gnr_fig2_quick(work, tmp_path, monkeypatch, capsys):
+    mod = script("gnr_fig2")
+    out = tmp_path / "gnr_fig2.png"
+    run_main(mod, ["--quick", "--work", work, "--out", out], monkeypatch)
+    printed = capsys.readouterr().out
+    im = png(out)
+    assert im.width > im.height  # two stages x (histogram, trace)
+    res = mod.measure(work, quick=True)  # cached: the reports are read back, nothing is recomputed
+    assert list(res) == ["sgd", "sgd_gnr", "sam", "sam_gnr"]
+    for name, by in res.items():
+        assert sorted(by) == [2, 4]  # the middle and the end of the quick run's 4 epochs
+        for epoch, r in by.items():
+            ev = np.asarray(r["eigenvalues"])
+            assert len(ev) == 5 and np.all(np.diff(ev) <= 0) and ev[0] > 0
+            assert math.isfinite(r["trace"]) and r["trace_stderr"] >= 0
+            assert f"{ev[0]:.4g}" in printed
+    trained = sys.modules["trained"]
+    for name in res:  # every run trained by the method it claims, from the same initialization
+        run = trained.train(name, work, quick=True)
+        ckpt = torch.load(run, weights_only=True)
+        assert ckpt["optimizer"]["name"] == trained.methods(True)[name][0]
+        assert ckpt["train_config"]["seed"] == 0
+    hp = torch.load(trained.train("sam_gnr", work, quick=True), weights_only=True)["optimizer"]["hparams"]
+    assert hp["oracle"] == "sam" and hp["alpha"] == 0.1 and hp["rho"] == 0.1
+
+
 # ------------------------------------------------------------------------------------------- spirals
 def test_landscapes_spirals_quick(tmp_path, monkeypatch, capsys):
     from landscape.landscapes.surface import Surface
