@@ -76,6 +76,63 @@ def test_gnr_fig2_quick(work, tmp_path, monkeypatch, capsys):
     assert hp["oracle"] == "sam" and hp["alpha"] == 0.1 and hp["rho"] == 0.1
 
 
+# ------------------------------------------------------------------------------------------- LETS
+def test_lets_rho_quick(work, tmp_path, monkeypatch, capsys):
+    mod = script("lets_rho")
+    out = tmp_path / "lets_rho.png"
+    run_main(mod, ["--quick", "--work", work, "--out", out], monkeypatch)
+    printed = capsys.readouterr().out
+    png(out)
+    trained = sys.modules["trained"]
+    res = mod.collect(work, [0], quick=True)
+    assert res["sam"]["rho"] == [] and res["asam"]["rho"] == []
+    for base, rho0 in (("sam", 0.05), ("asam", 0.5)):
+        paper, scaled = res[f"lets_{base}"], res[f"lets_{base}_scaled"]
+        for r in (paper, scaled):
+            (x, rho), = r["rho"]
+            assert len(rho) == trained.train_steps(True) and np.all(rho > 0) and x[-1] == pytest.approx(4)
+        # one Adam step moves beta = log rho by about the beta lr: 1e-4 for the paper's setting
+        assert abs(math.log(paper["rho"][0][1][0] / rho0)) < 2e-4
+        moved = [abs(math.log(r["rho"][0][1][-1] / rho0)) for r in (paper, scaled)]
+        assert moved[1] > 10 * moved[0]  # the scaled beta lr moves rho much further
+        assert f"{scaled['rho'][0][1][-1]:.4g}" in printed
+    rows = trained.metrics(trained.train("lets_sam", work, quick=True))
+    assert res["lets_sam"]["gen_gap"][0].tolist() == [r["train_acc"] - r["test_acc"] for r in rows]
+    assert res["lets_sam"]["loss_gap"][0].tolist() == [r["test_loss"] - r["train_loss"] for r in rows]
+    lr = trained.methods(True)["lets_sam_scaled"][1]["beta_lr"]
+    assert lr == trained.scaled_beta_lr(trained.train_steps(True)) and trained.scaled_beta_lr(78_200) == 1e-4
+
+
+def test_scaled_beta_lr_matches_the_papers_step_budget():
+    trained = script("trained")
+    decay = trained.LETS_DECAY
+    lr = trained.scaled_beta_lr(2000)
+    paper = 1e-4 * sum(decay ** t for t in range(200 * 391))
+    assert lr * sum(decay ** t for t in range(2000)) == pytest.approx(paper, rel=0.05)  # lr to 2 digits
+
+
+def test_lets_landscapes_quick(work, tmp_path, monkeypatch, capsys):
+    mod = script("lets_landscapes")
+    out = tmp_path / "lets_landscapes.png"
+    run_main(mod, ["--quick", "--work", work, "--out", out], monkeypatch)
+    printed = capsys.readouterr().out
+    png(out)
+    summary = json.loads((work / "lets_landscapes-quick" / "compare.json").read_text())["landscapes"]
+    labels = [c["label"] for c in summary["checkpoints"]]
+    assert labels[:2] == ["SGD", "SAM"] and all(lab.startswith("LETS-SAM (beta lr") for lab in labels[2:])
+    assert len(summary["interpolations"]) == 3
+    trained = sys.modules["trained"]
+    for c, name in zip(summary["checkpoints"], mod.METHODS):
+        s = mod.Surface.load(c["surface"])
+        assert s.shape == (7, 7) and s.meta["directions"]["norm"] == "filter"
+        z = np.asarray(s["train_loss"])
+        assert z[3, 3] == pytest.approx(c["at_checkpoint"]["train_loss"])  # the centre is the model itself
+        report = json.loads(trained.train(name, work, quick=True).with_suffix(".lets_landscapes.json").read_text())
+        assert report["complete"] and report["metrics"]["train_loss"] == pytest.approx(z[3, 3], rel=1e-5)
+        assert report["hessian_eigenvalues"]["eigenvalues"][0] > 0
+    assert "basin" in printed and "hessian_eigenvalues.lambda_max" in printed
+
+
 # ------------------------------------------------------------------------------------------- spirals
 def test_landscapes_spirals_quick(tmp_path, monkeypatch, capsys):
     from landscape.landscapes.surface import Surface
