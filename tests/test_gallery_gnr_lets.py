@@ -133,6 +133,26 @@ def test_lets_landscapes_quick(work, tmp_path, monkeypatch, capsys):
     assert "basin" in printed and "hessian_eigenvalues.lambda_max" in printed
 
 
+# ------------------------------------------------------------------------------------------- ASAM Fig. 2
+def test_asam_fig2_from_the_committed_study(tmp_path, monkeypatch, capsys):
+    mod = script("asam_fig2")
+    out = tmp_path / "asam_fig2.png"
+    run_main(mod, ["--quick", "--out", out], monkeypatch)
+    printed = capsys.readouterr().out
+    im = png(out)
+    corr = json.loads((GALLERY / "study_mnist1d" / "correlation.json").read_text())
+    taus = {s["measure"]: s["tau"] for s in corr["groups"]["all"]["targets"]["gen_gap"]}
+    found = mod.figure(GALLERY / "study_mnist1d", tmp_path / "again.png")
+    assert list(found) == ["sharpness, p=2", "adaptive, p=2", "sharpness, p=inf", "adaptive, p=inf"]
+    for label, prefix in mod.FAMILIES:
+        sweep = [t for m, t in taus.items() if m.startswith(prefix + "[")]
+        assert found[label]["tau"] == max(sweep) == taus[found[label]["measure"]]  # the best rho of each sweep
+        assert found[label]["n"] == corr["runs"]["used"]
+        assert f"{found[label]['tau']:+.3f}" in printed
+    assert Image.open(tmp_path / "again.png").size == im.size
+    assert not (tmp_path / "asam_fig2.raw.png").exists()
+
+
 # ------------------------------------------------------------------------------------------- spirals
 def test_landscapes_spirals_quick(tmp_path, monkeypatch, capsys):
     from landscape.landscapes.surface import Surface
