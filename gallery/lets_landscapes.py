@@ -1,6 +1,6 @@
 """LETS Fig. 5 at small scale: 2-D loss landscapes of SGD, SAM and LETS-SAM side by side (``landscape compare``).
 
-    python gallery/lets_landscapes.py [--quick] [--work runs/gallery] [--out gallery/lets_landscapes.png]
+    python gallery/lets_landscapes.py [--quick] [--work runs/gallery] [--out gallery/lets_landscapes.png] [--threads 1]
 
 lets.txt Sec. 4.7, Fig. 5 (ResNet-18, CIFAR-10): the training-loss landscape of LETS-SAM is flatter than SAM's.
 Here: the gallery problem of ``trained.py`` (MLP on MNIST-1D) trained by SGD, SAM (rho = 0.05) and LETS-SAM from
@@ -8,11 +8,10 @@ rho = 0.05 with the paper's beta lr 1e-4 and with the beta lr scaled to this run
 all from the same initialization (seed 0). ``landscape compare`` draws the training loss on the plane of two
 random filter-normalized directions (the same seed for every model, each normalized to its own weights) with
 shared axes and one colour scale (clipped at ln 10, the loss of a uniform guess, so that the basins show),
-and the linear interpolations between consecutive models. The numbers printed:
-the loss at each centre, the mean rise of the training loss over the grid and the fraction of the grid below
-ln 10, then the library's sharpness
-measures of the four models (``landscape analyze``: lambda_max, Hessian trace, worst-case and adaptive sharpness).
-``--quick``: toy size, coarse grid, seconds (for the tests).
+and the linear interpolations between consecutive models. The numbers printed: the loss at each centre, the
+mean rise of the training loss over the grid and the fraction of the grid below ln 10 (the basin), then the
+library's sharpness measures of the four models (``landscape analyze``: lambda_max, Hessian trace, worst-case and
+adaptive sharpness). ``--quick``: toy size, coarse grid, seconds (for the tests).
 """
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """LETS: the radius rho learned over training, and the generalization gap of SAM / ASAM with and without LETS.
 
     python gallery/lets_rho.py [--quick] [--seeds 0 1 2] [--work runs/gallery] [--out gallery/lets_rho.png]
+                               [--threads 1]
 
 lets.txt learns SAM's radius rho = exp(beta) by a hypergradient step on the squared train/validation loss gap
 every iteration (Alg. 1), and its Fig. 2 (CIFAR-100, ResNet-18) shows the generalization gap over the epochs:

@@ -1,11 +1,12 @@
 """Training runs shared by the gallery scripts: one small problem, trained once per optimizer and cached.
 
-``train(name, work, quick=...)`` trains (or reuses) ``work/<name>-<hash>.pt`` with :class:`optimizers.trainer.Trainer`
-on the gallery problem: an MLP [128, 128] on MNIST-1D (3200 train / 800 test samples), SGD with momentum 0.9 as
-the base, cosine schedule, batch 64, weight decay 5e-4, ``EPOCHS`` epochs, with a trajectory checkpoint at the
-middle and the end of training (``X.trajectory/epoch_NNNN.pt``) and the per-step log (``X.steps.jsonl``). The hash
-is that of the whole training configuration, so a changed setting never reuses a stale run, and an interrupted
-run resumes (the trainer's resume file). ``quick=True`` is the same at toy size (seconds, for tests).
+``train(name, work, quick=...)`` trains (or reuses) ``work/<name>-<hash>.pt`` with
+:class:`optimizers.trainer.Trainer` on the gallery problem: an MLP [128, 128] on MNIST-1D (3200 train / 800 test
+samples), SGD with momentum 0.9 as the base, cosine schedule from lr 0.05, batch 64, weight decay 5e-4, ``EPOCHS``
+epochs, with a trajectory checkpoint at the middle and the end of training (``X.trajectory/epoch_NNNN.pt``) and the
+per-step log (``X.steps.jsonl``). The hash is that of the whole training configuration, so a changed setting never
+reuses a stale run, and an interrupted run resumes (the trainer's resume file). ``quick=True`` is the same at toy
+size (seconds, for tests).
 
 :func:`methods` holds the optimizer of each named run (the papers' hyper-parameters where they give them).
 """
