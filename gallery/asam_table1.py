@@ -22,20 +22,30 @@ def f(x: float | None) -> str:
     return "n/a" if x is None or not math.isfinite(x) else f"{x:+.3f}"
 
 
-def table1(corr: dict, group: str = "all", target: str = "gen_gap") -> str:
+def sweeps(corr: dict, group: str = "all", target: str = "gen_gap") -> tuple[dict[str, dict], dict[str, list[dict]]]:
+    """``(best, sweeps)`` for each family of ``FAMILIES`` found: the correlation stats of the rho with the
+    largest tau against ``target`` in ``group``, and those of every rho of the sweep."""
     g = corr["groups"][group]
     stats = {s["measure"]: s for s in g["targets"][target]}
-    best, sweeps = {}, {}
+    best, swept = {}, {}
     for label, prefix in FAMILIES:
         sweep = [s for m, s in stats.items() if m.startswith(prefix + "[") and s["tau"] is not None]
         if sweep:
-            sweeps[label] = sweep
+            swept[label] = sweep
             best[label] = max(sweep, key=lambda s: s["tau"])
     if not best:
         raise SystemExit(f"no sharpness measures in group {group!r}; is this the gallery study?")
+    return best, swept
 
-    def rho(s: dict) -> str:
-        return re.search(r"rho=([^\]]+)", s["measure"]).group(1)
+
+def rho(s: dict) -> str:
+    """The radius in a measure name such as ``l2:sharpness.worst[rho=0.5]``."""
+    return re.search(r"rho=([^\]]+)", s["measure"]).group(1)
+
+
+def table1(corr: dict, group: str = "all", target: str = "gen_gap") -> str:
+    g = corr["groups"][group]
+    best, swept = sweeps(corr, group, target)
 
     cols = list(best)
     lines = ["| | " + " | ".join(f"{c} (rho={rho(best[c])})" for c in cols) + " |", "|---|" + "---:|" * len(cols)]
@@ -44,7 +54,7 @@ def table1(corr: dict, group: str = "all", target: str = "gen_gap") -> str:
         lines.append(f"| psi {axis.rsplit('.', 1)[-1]} | " + " | ".join(f(best[c]["psi"][axis]) for c in cols) + " |")
     lines.append("| Psi | " + " | ".join(f(best[c]["Psi"]) for c in cols) + " |")
     lines.append("| tau at each rho | " + " | ".join(
-        ", ".join(f"{rho(s)}: {f(s['tau'])}" for s in sweeps[c]) for c in cols) + " |")
+        ", ".join(f"{rho(s)}: {f(s['tau'])}" for s in swept[c]) for c in cols) + " |")
     return "\n".join(lines)
 
 

@@ -58,6 +58,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--metric", default="train_loss", help="what the 2-D plots show [default: train_loss]")
     g.add_argument("--levels", type=int, default=30, help="contour levels [default: 30]")
     g.add_argument("--vmax", type=float, default=None, help="clip the shared colour scale at this value")
+    g.add_argument("--title", default=None, help="title over the side-by-side plot [default: the metric]")
     add_entry_point_args(p)
     p.set_defaults(func=run)
 
@@ -170,7 +171,8 @@ def landscape_section(args: argparse.Namespace, opened: list[Opened], stem: str,
         labels = [o.label for o in opened]
         drawn.surfaces[0][args.metric]  # a one-line error for an unknown metric
         section["files"] += map(str, plot_side_by_side(drawn.surfaces, labels, stem, args.format, metric=args.metric,
-                                                       log=args.log, levels=args.levels, vmax=args.vmax))
+                                                       log=args.log, levels=args.levels, vmax=args.vmax,
+                                                       title=args.title))
         if curves:
             section["files"] += map(str, plot_interpolation(t, curves, f"{stem}.interp", args.format,
                                                             barriers=barriers, log=args.log))

@@ -182,9 +182,11 @@ def plot_2d(surface: Surface, stem: str | Path, formats: Sequence[str] = ("png",
 
 def plot_side_by_side(surfaces: Sequence[Surface], labels: Sequence[str], stem: str | Path,
                       formats: Sequence[str] = ("png",), *, metric: str = "train_loss", log: bool = False,
-                      levels: int = 30, vmin: float | None = None, vmax: float | None = None) -> list[Path]:
+                      levels: int = 30, vmin: float | None = None, vmax: float | None = None,
+                      title: str | None = None) -> list[Path]:
     """Filled contours (top row) and 3-D surfaces (bottom row) of several surfaces with shared axes,
-    one colour scale and one z-range, for comparing checkpoints (e.g. SGD vs SAM)."""
+    one colour scale and one z-range, for comparing checkpoints (e.g. SGD vs SAM); ``title`` over them all
+    (default: the metric)."""
     if any(s.ndim != 2 for s in surfaces):
         raise ValueError("side-by-side plots need 2-D surfaces")
     allz = np.concatenate([np.asarray(s[metric], dtype=np.float64).ravel() for s in surfaces])
@@ -195,6 +197,7 @@ def plot_side_by_side(surfaces: Sequence[Surface], labels: Sequence[str], stem: 
     for ax in top[1:]:
         ax.sharex(top[0])
         ax.sharey(top[0])
+        ax.tick_params(labelleft=False)  # the shared y axis is labelled once, on the left
     cs = None
     for i, (s, label) in enumerate(zip(surfaces, labels)):
         X, Y, Z = plot_grid(s, metric)
@@ -212,7 +215,7 @@ def plot_side_by_side(surfaces: Sequence[Surface], labels: Sequence[str], stem: 
         ax3.set_zlim(np.log10(lv[0]) if log else lv[0], np.log10(lv[-1]) if log else lv[-1])
         ax3.set_zlabel(f"log10 {metric}" if log else metric, fontsize=8)
     _colorbar(fig, cs, top, metric, log, shrink=0.9)
-    fig.suptitle(f"{metric}: shared axes and colour scale", fontsize=11)
+    fig.suptitle(title or f"{metric}: shared axes and colour scale", fontsize=11)
     return _save(fig, stem, formats)
 
 

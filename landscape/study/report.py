@@ -127,8 +127,11 @@ def _taus(corr: dict[str, Any], target: str) -> dict[str, float]:
 
 
 def scatter_png(rows: Sequence[dict[str, Any]], measures: Sequence[str], target: str, path: str | Path,
-                corr: dict[str, Any] | None = None, optimizers: Sequence[str] = ()) -> Path:
-    """One panel per measure: ``target`` against the measure, a colour per optimizer."""
+                corr: dict[str, Any] | None = None, optimizers: Sequence[str] = (), *,
+                titles: Sequence[str] | None = None, columns: int = 3, suptitle: str | None = None) -> Path:
+    """One panel per measure: ``target`` against the measure, a colour per optimizer, Kendall tau (all runs,
+    from ``corr``) in the panel title. ``titles``: panel titles instead of the measure names (the x labels
+    stay the measures); ``columns``: panels per row; ``suptitle``: a title over the whole figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -138,11 +141,13 @@ def scatter_png(rows: Sequence[dict[str, Any]], measures: Sequence[str], target:
 
     taus = _taus(corr, target) if corr else {}
     optimizers = list(optimizers) or list(dict.fromkeys(r["optimizer"] for r in rows))
+    if titles is not None and len(titles) != len(measures):
+        raise ValueError(f"{len(titles)} titles for {len(measures)} measures")
     n = max(1, len(measures))
-    cols = min(3, n)
+    cols = min(max(1, columns), n)
     nrows = math.ceil(n / cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.4 * nrows), squeeze=False)
-    for ax, m in zip(axes.flat, measures):
+    for k, (ax, m) in enumerate(zip(axes.flat, measures)):
         pts = _points(rows, m, target)
         for i, opt in enumerate(optimizers):
             mine = [r for r in pts if r["optimizer"] == opt]
@@ -152,18 +157,23 @@ def scatter_png(rows: Sequence[dict[str, Any]], measures: Sequence[str], target:
         if _log_scale([r[m] for r in pts]):
             ax.set_xscale("log")
         t = taus.get(m)
-        ax.set_title(m + ("" if t is None or not math.isfinite(t) else f"\ntau = {t:+.3f}"), fontsize=9)
+        name = m if titles is None else titles[k]
+        ax.set_title(name + ("" if t is None or not math.isfinite(t) else f"\ntau = {t:+.3f}"), fontsize=9)
         ax.set_xlabel(m, fontsize=8)
         ax.set_ylabel(target, fontsize=8)
         ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[len(measures):]:
         ax.set_visible(False)
+    height = fig.get_figheight()
+    title_h = 0.2 * (suptitle.count("\n") + 1) + 0.1 if suptitle else 0.0  # inches
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10, y=1.0 - 0.05 / height, va="top")
     if measures:
         handles, labels = axes.flat[0].get_legend_handles_labels()
         if handles:
             fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 6), fontsize=8,
-                       bbox_to_anchor=(0.5, 1.0))
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))  # room for the legend
+                       bbox_to_anchor=(0.5, 1.0 - title_h / height))
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / height))  # room for the legend (tight_layout sees the title)
     path = Path(path)
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)
