@@ -119,7 +119,7 @@ def plot(trajs: dict, drift: dict, ends: dict, path: Path, steps: int, drift_ste
         ax.plot(k, t.points[1:, 1] / t.points[1:, 0], color=colour, ls=ls, lw=1.6, label=label)
     ax.axhline(1.0, color="black", lw=0.8, ls=":")
     ax.axvline(steps, color="0.6", lw=0.8)
-    ax.text(steps * 1.05, 0.03, f"end of the\nleft panels", fontsize=7, color="0.4")
+    ax.text(steps * 1.05, 0.03, "end of the\nleft panels", fontsize=7, color="0.4")
     ax.set_xscale("log")
     ax.set_xlim(1, drift_steps)
     ax.set_ylim(0, 1.08)

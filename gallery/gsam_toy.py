@@ -109,7 +109,8 @@ def plot_fig1(r: dict[str, Any], path: Path) -> None:
     top_h = max(r["f_p"] - r["f"])
     for i, (m, x_text) in enumerate(zip(r["minima"], (-1.0, 2.6, 4.3)), 1):
         bottom.plot([m["w"]], [m["h"]], "o", color="tab:red", ms=5)
-        bottom.annotate(f"h(w{i}) = {m['h']:.3f}\n2h/rho^2 = {m['two_h_over_rho2']:.2f}\nsigma_max = {m['sigma_max']:.2f}",
+        bottom.annotate(f"h(w{i}) = {m['h']:.3f}\n2h/rho^2 = {m['two_h_over_rho2']:.2f}\n"
+                        f"sigma_max = {m['sigma_max']:.2f}",
                         (m["w"], m["h"]), xytext=(x_text, 1.05 * top_h), fontsize=8, va="bottom",
                         arrowprops=dict(arrowstyle="->", color="0.5", lw=0.7))
     bottom.set_ylim(-0.05, top_h * 2.3)
@@ -206,7 +207,8 @@ def plot_fig3(runs: dict[str, list], path: Path, steps: int) -> None:
                 for k, (m, fc) in MARKERS.items()]
     handles += [Line2D([], [], marker="*", ls="", color="0.6", mec="black", ms=11, label="start")]
     fig.legend(handles=handles, fontsize=8.5, loc="outside lower center", ncol=6, frameon=False)
-    fig.suptitle(f"GSAM Fig. 3 on a toy loss with the library's sgd / sam / gsam (lr = {LR}, {steps} steps, 5 starts):\n"
+    fig.suptitle(f"GSAM Fig. 3 on a toy loss with the library's sgd / sam / gsam "
+                 f"(lr = {LR}, {steps} steps, 5 starts):\n"
                  "sharp pits at (-2, 0.6), (0, -0.6), (2, 0.6) beside a valley to the flat minimum at (4, 0). "
                  "GSAM avoids the first pit but stops at the saddle on its rim", fontsize=10)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -233,7 +235,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     r1 = fig1(points, asc_steps, restarts)
     for i, m in enumerate(r1["minima"], 1):
         print(f"w{i} = {m['w']:.3f}: f = {m['f']:.4f}  f_p = {m['f_p']:.4f}  h = {m['h']:.4f}  "
-              f"2h/rho^2 = {m['two_h_over_rho2']:.3f}  sigma_max = {m['sigma_max']:.3f}  one-step h = {m['one_step_h']:.4f}")
+              f"2h/rho^2 = {m['two_h_over_rho2']:.3f}  sigma_max = {m['sigma_max']:.3f}  "
+              f"one-step h = {m['one_step_h']:.4f}")
     p1 = args.out / "gsam_fig1.png"
     plot_fig1(r1, p1)
     print(f"wrote {p1}")
@@ -242,8 +245,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for label, rs in runs.items():
         for s, r in zip(STARTS, rs):
             e = r["end"]
-            print(f"{label:26s} from {s}: {e['kind']:13s} at ({e['w'][0]:+.3f}, {e['w'][1]:+.3f})  loss {e['loss']:.4f}  "
-                  f"sigma_max {e['sigma_max']:+.3f}  eigenvalues ({e['eigenvalues'][0]:+.3f}, {e['eigenvalues'][1]:+.3f})  "
+            print(f"{label:26s} from {s}: {e['kind']:13s} at ({e['w'][0]:+.3f}, {e['w'][1]:+.3f})  "
+                  f"loss {e['loss']:.4f}  sigma_max {e['sigma_max']:+.3f}  "
+                  f"eigenvalues ({e['eigenvalues'][0]:+.3f}, {e['eigenvalues'][1]:+.3f})  "
                   f"h {e['surrogate_gap']:+.4f}")
     p3 = args.out / "gsam_fig3.png"
     plot_fig3(runs, p3, steps)

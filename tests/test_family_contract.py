@@ -128,7 +128,8 @@ def test_no_parameter_sized_copies_persist_between_steps(label):
 
     n_tensors = sum(1 for _ in model.parameters())
     owned = {k: v for k, v in vars(opt).items() if k not in ("base", "param_groups", "state", "defaults", "scaler")}
-    big = [k for k, v in owned.items() for t in tensors_in(v) if t.numel() > n_tensors and t.data_ptr() not in state_ptrs]
+    big = [k for k, v in owned.items() for t in tensors_in(v)
+           if t.numel() > n_tensors and t.data_ptr() not in state_ptrs]
     assert not big, big
     kept = {key for s in opt.state.values() for key in s}
     assert kept == ({"g_v"} if label == "looksam" else set())  # LookSAM's memory is its method

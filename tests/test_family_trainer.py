@@ -69,7 +69,8 @@ def test_lets_holds_out_data_and_logs_rho_every_step(tmp_path):
     from tests.fixtures import blobs
 
     full = blobs()
-    assert torch.equal(trainer.data.x_train, full.x_train[fit]) and torch.equal(trainer.val_loader.x, full.x_train[held])
+    assert torch.equal(trainer.data.x_train, full.x_train[fit])
+    assert torch.equal(trainer.val_loader.x, full.x_train[held])
     assert set(fit.tolist()).isdisjoint(held.tolist()) and len(fit) + len(held) == 96
     rows = [json.loads(r) for r in run_paths(tmp_path / "l.pt")["steps"].read_text().splitlines()]
     assert len(rows) == ckpt.step == 3 * (72 // 16)

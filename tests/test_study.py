@@ -13,7 +13,6 @@ import time
 import types
 from pathlib import Path
 
-import numpy as np
 import pytest
 from scipy.stats import kendalltau
 

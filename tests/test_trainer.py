@@ -37,7 +37,7 @@ def test_train_writes_checkpoint_and_metrics(tmp_path):
     ckpt = Trainer(config(), tmp_path / "r.pt", progress=False).run()
     c = load_checkpoint(tmp_path / "r.pt")
     assert c.step == 4 * (96 // 16) and c.epoch == 4
-    rows = [json.loads(l) for l in run_paths(tmp_path / "r.pt")["metrics"].read_text().splitlines()]
+    rows = [json.loads(line) for line in run_paths(tmp_path / "r.pt")["metrics"].read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
     for key in ("train_loss", "test_loss", "train_acc", "test_acc", "gen_gap", "lr", "step_time"):
         assert key in rows[-1]
@@ -66,7 +66,9 @@ def test_resume_after_interrupt_is_bit_exact(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     ma = run_paths(tmp_path / "full.pt")["metrics"].read_text().splitlines()
     mb = run_paths(tmp_path / "cut.pt")["metrics"].read_text().splitlines()
-    strip = lambda rows: [{k: v for k, v in json.loads(r).items() if k != "step_time"} for r in rows]
+    def strip(rows):
+        return [{k: v for k, v in json.loads(r).items() if k != "step_time"} for r in rows]
+
     assert strip(ma) == strip(mb)
 
 
@@ -144,7 +146,7 @@ def test_divergence_is_reported(tmp_path, capsys):
                  "--batch-size", "16", "--quiet", "--out", str(tmp_path / "x.pt")])
     err = capsys.readouterr().err
     assert code == 3 and "diverged" in err and not (tmp_path / "x.pt").exists()
-    rows = [json.loads(l) for l in run_paths(tmp_path / "x.pt")["metrics"].read_text().splitlines()]
+    rows = [json.loads(line) for line in run_paths(tmp_path / "x.pt")["metrics"].read_text().splitlines()]
     assert rows[-1]["diverged"] is True
     with pytest.raises(TrainingDiverged):
         Trainer(config(lr=1e30, momentum=0.0), tmp_path / "y.pt", progress=False).run()

@@ -94,7 +94,7 @@ def open_all(args: argparse.Namespace) -> list[Opened]:
     if len(set(labels)) < len(labels):
         labels = [Path(o.ckpt.path).stem for o in opened]
     if len(set(labels)) < len(labels):
-        labels = [f"{i}-{l}" for i, l in enumerate(labels)]
+        labels = [f"{i}-{name}" for i, name in enumerate(labels)]
     for o, label in zip(opened, labels):
         o.label = label
     return opened

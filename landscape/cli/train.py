@@ -51,8 +51,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--optimizer", default=None, choices=available_optimizers(), help="training method [default: sgd]")
     p.add_argument("--base", default=None, choices=["sgd", "adamw"],
                    help="base optimizer of a sharpness-aware method [default: sgd]")
-    p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None, help="Nesterov momentum [default: off]")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the model [default: off]")
+    p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None,
+                   help="Nesterov momentum [default: off]")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the model [default: off]")
     p.add_argument("--log-steps", action=argparse.BooleanOptionalAction, default=None,
                    help="write a JSON line per step [default: off]")
     p.add_argument("--restart", action="store_true", help="ignore a resume state and an existing --out")

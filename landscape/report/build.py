@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 from landscape.landscapes.surface import Surface
 from landscape.report.page import Page, esc, table
+from landscape.study.compare import format_cell, optimizer_label
 
 
 def _fmt(v: Any) -> str:
@@ -63,14 +64,6 @@ def _measures_table(report: dict[str, Any]) -> str:
     return table(["measure", "value"], rows, groups=groups, cls="measures")
 
 
-def _cell(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return "nan" if math.isnan(v) else f"{v:.6g}"
-    return str(v)
-
-
 def _ratio(values: list[Any]) -> str:
     a, b = values[0], values[-1]
     if isinstance(a, (int, float)) and isinstance(b, (int, float)) and a and math.isfinite(a) and math.isfinite(b):
@@ -84,22 +77,21 @@ def _comparison_table(labels: list[str], rows: list[tuple[str, list[Any]]]) -> s
     if two:
         header.append(f"{labels[1]} / {labels[0]}")
     def cell(v: Any) -> Any:  # numbers right-aligned, text (the optimizer) left to wrap
-        return (_cell(v), "num") if v is None or isinstance(v, (int, float)) else _cell(v)
+        return (format_cell(v), "num") if v is None or isinstance(v, (int, float)) else format_cell(v)
 
     body = [(name, *map(cell, values), *([(_ratio(values), "num")] if two else [])) for name, values in rows]
     return table(header, body)
 
 
 def _overview(reports: Sequence[dict[str, Any]], labels: Sequence[str]) -> str:
-    from landscape.study.compare import _optimizer
 
     rows = []
     for r, label in zip(reports, labels):
         ck, model, data, m = r.get("checkpoint", {}), r.get("model", {}), r.get("data", {}), r.get("metrics", {})
         kwargs = json.dumps(model.get("kwargs", {}), sort_keys=True)
         rows.append((label, ck.get("path", ""), (ck.get("sha256") or "")[:12], f"{model.get('name', '')} {kwargs}",
-                     data.get("name", ""), _optimizer(r) or "", _cell(m.get("train_acc")), _cell(m.get("test_acc")),
-                     _cell(m.get("gen_gap"))))
+                     data.get("name", ""), optimizer_label(r) or "",
+                     *(format_cell(m.get(k)) for k in ("train_acc", "test_acc", "gen_gap"))))
     return table(["", "checkpoint", "sha256", "model", "data", "optimizer", "train acc", "test acc", "gap"], rows,
                  numeric=[False] * 6 + [True] * 3)
 
@@ -201,9 +193,9 @@ def html_report(
             t = s.axes[0]
             for split in I._splits(s):
                 b = barrier_heights(t, s[f"{split}_loss"])
-                brows.append((name, split, _cell(s.meta.get("directions", {}).get("distance")), _cell(b["loss_start"]),
-                              _cell(b["loss_end"]), _cell(b["barrier"]), _cell(b["t_max"]),
-                              _cell(b["barrier_linear"])))
+                brows.append((name, split, format_cell(s.meta.get("directions", {}).get("distance")),
+                              *(format_cell(b[k]) for k in ("loss_start", "loss_end", "barrier", "t_max",
+                                                            "barrier_linear"))))
         page.add("interpolation", "Linear interpolation",
                  page.figure(I.interpolation_figure(interpolations, log=log)),
                  table(["path", "split", "||w_b - w_a||", "L(0)", "L(1)", "barrier max L(t) - max(L(0), L(1))",

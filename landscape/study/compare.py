@@ -72,14 +72,14 @@ def comparison(items: Sequence[str | Path | dict[str, Any]], *, labels: Sequence
     scalars = [report_scalars(r) for r in reports]
     names = list(dict.fromkeys(k for s in scalars for k in s))
     rows: list[tuple[str, list[Any]]] = []
-    opts = [_optimizer(r) for r in reports]
+    opts = [optimizer_label(r) for r in reports]
     if any(opts):
         rows.append(("optimizer", opts))
     rows += [(n, [s.get(n) for s in scalars]) for n in names]
     return labels, rows
 
 
-def _optimizer(report: dict[str, Any]) -> str | None:
+def optimizer_label(report: dict[str, Any]) -> str | None:
     """``sam(rho=0.05)``: the method with its radius and the hyper-parameters that differ from its defaults."""
     opt = report.get("optimizer")
     if not isinstance(opt, dict) or "name" not in opt:
@@ -96,7 +96,8 @@ def _optimizer(report: dict[str, Any]) -> str | None:
     return f"{opt['name']}({text})" if text else str(opt["name"])
 
 
-def _cell(v: Any) -> str:
+def format_cell(v: Any) -> str:
+    """One table cell: ``-`` for a missing value, 6 significant digits for a float."""
     if v is None:
         return "-"
     if isinstance(v, float):
@@ -116,7 +117,7 @@ def measures_table(items: Sequence[str | Path | dict[str, Any]], *, labels: Sequ
     for n in names:
         t.add_column(escape(n), justify="right")
     for name, values in rows:
-        t.add_row(escape(name), *(escape(_cell(v)) for v in values))  # worst[rho=0.05] is not markup
+        t.add_row(escape(name), *(escape(format_cell(v)) for v in values))  # worst[rho=0.05] is not markup
     return t
 
 
@@ -152,7 +153,7 @@ def measures_markdown(items: Sequence[str | Path | dict[str, Any]], *, labels: S
     """The same as a markdown table."""
     names, rows = comparison(items, labels=labels, **kwargs)
     out = ["| measure | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
-    out += [f"| {name} | " + " | ".join(map(_cell, values)) + " |" for name, values in rows]
+    out += [f"| {name} | " + " | ".join(map(format_cell, values)) + " |" for name, values in rows]
     return "\n".join(out)
 
 
