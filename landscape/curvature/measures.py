@@ -7,7 +7,7 @@ from typing import Any
 from landscape.analysis import AnalysisContext, Measure, register_measure
 from landscape.curvature.density import spectral_density
 from landscape.curvature.fisher import METHODS as FISHER_METHODS, fisher_eigenvalues
-from landscape.curvature.gradients import gradient_norms
+from landscape.curvature.gradients import GROUPINGS, gradient_norms
 from landscape.curvature.lanczos import WHICH, lanczos
 from landscape.curvature.power import power_iteration
 from landscape.curvature.trace import hutchinson, hutchpp
@@ -217,8 +217,9 @@ def _grad_args(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--grad-batch-size", type=int, default=None,
                    help="average gradient norms over mini-batches of this size (1: per sample, GA-SAM) "
                         "[default: norms of the full-data gradient]")
-    g.add_argument("--grad-by", choices=["tensor", "module"], default="tensor",
-                   help="group gradient norms per parameter tensor or per module [default: tensor]")
+    g.add_argument("--grad-by", choices=list(GROUPINGS), default="tensor",
+                   help="group gradient norms per parameter tensor, per module, or per layer (a module; the "
+                        "stacked layers of an RNN apart) [default: tensor]")
 
 
 def _grad(ctx: AnalysisContext) -> dict[str, Any]:
