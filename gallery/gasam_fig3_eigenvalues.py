@@ -9,7 +9,7 @@ the generated corpus, the PTB stand-in), each trained with its baseline optimize
 paper's settings (App. C.2), GA-SAM at 3x and 10x the paper's eps (at this scale the paper's eps is a small
 perturbation: see gasam_runs.METHODS), and a control: GA-SAM with eps = 1e-9, i.e. its K + 1 = 2 passes per
 step (two dropout masks, averaged gradients) without a perturbation worth the name. Three training seeds by
-default (about 12 minutes on one core when nothing is cached; the runs and their eigenvalues are cached under
+default (about 13 minutes on one core when nothing is cached; the runs and their eigenvalues are cached under
 runs/gallery/gasam/, so re-plotting takes seconds; ``--seeds 0`` for one seed). Every eigenvalue is exact:
 ``landscape analyze --fisher-k 50 --fisher-method gram`` (the Gram matrix of the per-sample gradients over
 the whole training set). Writes gallery/gasam_fig3_eigenvalues.png and .json; prints the ratios to the
