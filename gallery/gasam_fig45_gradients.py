@@ -66,7 +66,7 @@ def plot(results: dict[str, list[dict]], path: Path, quick: bool, samples: int |
         ax.set_yscale("log")
         ax.set_xlabel("epoch (0 = initialization)")
         ax.set_ylabel("gradient strength  E‖∇l(w; z)‖ / √n")
-        ax.set_title(f"Fig. 4: learning phases — {TASKS[task]}", fontsize=9)
+        ax.set_title(f"Fig. 4: learning phases — {TASKS[task]}, {rows[0]['samples']} samples", fontsize=9)
         ax.grid(alpha=0.3, which="both", lw=0.4)
         twin = ax.twinx()
         twin.plot(epochs, [r["loss"] for r in rows], color="grey", ls="--", lw=1)
@@ -88,7 +88,7 @@ def plot(results: dict[str, list[dict]], path: Path, quick: bool, samples: int |
         ax.set_title(f"Fig. 5: layers, input → output — {TASKS[task]}", fontsize=9)
         ax.legend(fontsize=7, loc="upper left")
         ax.grid(alpha=0.3, axis="y", which="both", lw=0.4)
-    n = f"{samples} training samples" if samples else "the training set"
+    n = f"a seeded subset of at most {samples} training samples" if samples else "the training set"
     fig.suptitle("GA-SAM Figs. 4-5 reproduced: per-sample gradient strength G_(i) = E_z‖∇_(i) l‖ / √n_(i) "
                  f"over {n}, at every epoch of the baseline runs" + ("  [--quick]" if quick else ""), fontsize=10)
     fig.tight_layout()
