@@ -455,6 +455,8 @@ class Objective:
         sub._batches = [(sub._x[i:i + self.batch_size], sub._y[i:i + self.batch_size])
                         for i in range(0, len(sub._x), self.batch_size)]
         sub._counts = [target_count(self.task, yb) for _, yb in sub._batches]
+        sub._count_weights = [torch.tensor([float(n), 1.0], dtype=torch.float64, device=self.device)
+                              for n in sub._counts]
         sub.num_samples, sub.total_count = len(sub._x), int(sum(sub._counts))
         sub._shard = False
         sub._graphs, sub._mode_chosen = {}, dict(self._mode_chosen)

@@ -132,6 +132,10 @@ def test_analyze_leaves_the_model_untouched():
                   grad_batch_size=1)
     assert rep["complete"] and rep["hessian_eigenvalues"]["converged"]
     assert_unchanged(model, before)
+    gram = analyze(model, d, top_k=0, trace_samples=0, fisher_k=2, fisher_method="gram")["fisher_eigenvalues"]
+    assert gram["method"] == "gram" and gram["converged"]
+    np.testing.assert_allclose(gram["eigenvalues"], rep["fisher_eigenvalues"]["eigenvalues"], rtol=1e-6)
+    assert_unchanged(model, before)
     with pytest.raises(ValueError):
         analyze(model, d, no_such_option=1)
 

@@ -152,3 +152,24 @@ def test_fisher_and_ggn_top_eigenvalues_match_dense(problem):
         np.testing.assert_allclose(r.eigenvalues, dense[:5], rtol=1e-8)
     with pytest.raises(ValueError):
         fisher_eigenvalues(obj, 2, kind="hessian")
+
+
+def test_fisher_gram_is_exact_and_pads_with_zeros(problem):
+    """F = J^T J / N and J J^T / N share their non-zero eigenvalues: all of them, one data pass."""
+    _, x, y, _, _ = problem
+    obj = Objective(small_mlp(), x, y, batch_size=13)  # 57 parameters, 60 samples
+    dense = np.linalg.eigvalsh(obj.fisher.to_dense().numpy())[::-1]
+    r = fisher_eigenvalues(obj, obj.num_params, method="gram")
+    np.testing.assert_allclose(r.eigenvalues, dense, rtol=1e-9, atol=1e-14)
+    assert r.method == "gram" and r.converged and r.num_passes == 1 and r.num_matvecs == 0
+    few = Objective(small_mlp(), x[:7], y[:7])  # rank <= 7: the rest are exact zeros
+    r = fisher_eigenvalues(few, 10, method="gram")
+    np.testing.assert_allclose(r.eigenvalues[:7], np.linalg.eigvalsh(few.fisher.to_dense().numpy())[::-1][:7],
+                               rtol=1e-9)
+    assert list(r.eigenvalues[7:]) == [0.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="GGN"):
+        fisher_eigenvalues(obj, 2, kind="ggn", method="gram")
+    with pytest.raises(ValueError, match="max_memory"):
+        fisher_eigenvalues(obj, 2, method="gram", max_memory=1000)
+    with pytest.raises(ValueError, match="method"):
+        fisher_eigenvalues(obj, 2, method="dense")

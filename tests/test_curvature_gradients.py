@@ -66,3 +66,30 @@ def test_mini_batch_gradient_norms(data, batch_size):
     assert r.norm == pytest.approx(sum(norms) / len(norms), rel=1e-12)
     assert r.groups["0.weight"]["norm"] == pytest.approx(sum(first) / len(first), rel=1e-12)
     assert_unchanged(model, before)
+
+
+def test_layer_groups_split_stacked_rnn_layers():
+    from landscape.curvature.gradients import parameter_group
+    from landscape.models import build_model
+
+    assert [parameter_group(n, "layer") for n in ("lstm.weight_ih_l1", "lstm.bias_hh_l0_reverse", "gru.weight_hr_l2",
+                                                  "fc.weight", "scale", "rnn.weight_ih_l0")] == [
+        "lstm.l1", "lstm.l0_reverse", "gru.l2", "fc", "scale", "rnn.l0"]
+    assert parameter_group("lstm.weight_ih_l1", "module") == "lstm"
+    assert parameter_group("blocks.3.attn.qkv.weight", lambda n: n.split(".")[1]) == "3"
+    with pytest.raises(ValueError, match="by must be"):
+        parameter_group("fc.weight", "block")
+    torch.manual_seed(0)
+    model = build_model("lstm_lm", input_shape=[6], num_outputs=11, vocab_size=11, embed_dim=4, hidden=4,
+                        num_layers=2).double()
+    x = torch.randint(11, (10, 6))
+    obj = Objective(model, x, torch.randint(11, (10, 6)), task="language_model")
+    per_tensor = gradient_norms(obj, batch_size=1).groups
+    r = gradient_norms(obj, batch_size=1, by="layer")
+    assert list(r.groups) == ["embedding", "lstm.l0", "lstm.l1", "decoder"]
+    assert r.groups["lstm.l1"]["numel"] == sum(per_tensor[f"lstm.{k}_l1"]["numel"]
+                                               for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+    full = gradient_norms(obj, by="layer").groups  # one full-data gradient: group norm = hypot of its tensors
+    tensors = gradient_norms(obj).groups
+    assert full["lstm.l0"]["norm"] == pytest.approx(math.hypot(
+        *(tensors[f"lstm.{k}_l0"]["norm"] for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))), rel=1e-12)

@@ -136,7 +136,8 @@ def test_shift_gasam_curves(ckpts, tmp_path, capsys):
     assert res["constant"] == pytest.approx(s["test_loss"][i1] - s["train_loss"][i0])
     k = res["t"].index(1.0)
     assert res["shifted"][k] == pytest.approx(s["test_loss"][i1])  # at theta* the shifted curve meets the test loss
-    assert (tmp_path / "sh.png").exists() and "||delta||" in out
+    assert (tmp_path / "sh.png").exists() and "||delta||" in out and "best constant" in out
+    assert 0 <= res["rms_test_vs_shifted_best_constant"] <= res["rms_test_vs_shifted"]
 
 
 @pytest.mark.parametrize("command", ["plot1d", "plot2d", "shift"])

@@ -176,6 +176,9 @@ def test_shifted_curves_recover_an_exact_shift():
     assert c["constant"] == pytest.approx(0.3)
     np.testing.assert_allclose(c["shifted"], c["test"], atol=1e-12)
     assert c["t"][0] == -0.5 and c["t"][-1] == 1.5 and c["rms_test_vs_shifted"] < 1e-12 < c["rms_test_vs_train"]
+    assert c["rms_test_vs_shifted_best_constant"] < 1e-12
+    lifted = shifted_curves(t, train, train + 0.5, 10, -0.5, 1.5)  # same shape, other level: best constant 0.5
+    assert lifted["rms_test_vs_train"] == pytest.approx(0.5) and lifted["rms_test_vs_train_best_constant"] < 1e-12
 
 
 def test_finetune_lowers_the_loss_deterministically():

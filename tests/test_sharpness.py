@@ -218,6 +218,11 @@ def test_per_batch_mode_averages_the_mini_batch_maxima(mlp_objective):
     assert [len(b._x) for b in batches] == [8, 8, 8]
     rows = torch.cat([b._x for b in batches])
     assert len(set(map(tuple, rows.tolist()))) == 24  # disjoint
+    for b in batches:  # each is the objective of its rows alone (its loss weighted by its own counts)
+        alone = Objective(obj.model, b._x, b._y, batch_size=16)
+        assert b.loss() == pytest.approx(alone.loss(), rel=1e-12)
+        assert worst_case_sharpness(b, 0.1, **kw).sharpness == pytest.approx(
+            worst_case_sharpness(alone, 0.1, **kw).sharpness, rel=1e-9)
     each = [worst_case_sharpness(b, 0.1, **{**kw, "seed": 2 + i}).sharpness for i, b in enumerate(batches)]
     assert r.sharpness == pytest.approx(np.mean(each), rel=1e-12) and r.std == pytest.approx(np.std(each), rel=1e-9)
     assert r.work["grads"] == 3 * 2 * 3

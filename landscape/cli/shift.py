@@ -70,11 +70,12 @@ def run(args: argparse.Namespace) -> int:
     paths = [f"{stem}.npz", *map(str, plot_shift(curves, stem, args.format))]
     summary = {"checkpoint": head["checkpoint"], "delta_norm": dirs.meta["distance"],
                "theta_star": dirs.meta["sources"][0], "constant": curves["constant"],
-               "rms_test_vs_shifted": curves["rms_test_vs_shifted"], "rms_test_vs_train": curves["rms_test_vs_train"],
+               **{k: v for k, v in curves.items() if k.startswith("rms_")},
                "t": curves["t"], "train": curves["train"], "test": curves["test"], "shifted": curves["shifted"]}
     atomic_write_json(f"{stem}.json", summary)
     print(f"||delta|| = {summary['delta_norm']:.4g}, C = {curves['constant']:.4g}; RMS(test - shifted train) = "
           f"{curves['rms_test_vs_shifted']:.4g} vs RMS(test - train) = {curves['rms_test_vs_train']:.4g} "
-          f"over t in [{lo}, {hi}]")
+          f"over t in [{lo}, {hi}]; with the best constant for each: {curves['rms_test_vs_shifted_best_constant']:.4g} "
+          f"vs {curves['rms_test_vs_train_best_constant']:.4g}")
     print("wrote " + " ".join(paths) + f" {stem}.json")
     return 0

@@ -7,11 +7,17 @@ rows (``B=1``: per-sample gradients, ``G = E_z ||grad l(w; z)||``); a trailing
 group of fewer than ``B`` rows is left out. Every norm comes with its
 "gradient strength" ``norm / sqrt(n)`` (``n`` = parameters in the group),
 GA-SAM's ``G_(i) = E ||g_(i)|| / sqrt(n_(i))``.
+
+Groups (``by``): ``tensor`` (each named parameter), ``module`` (the parameters of
+one module together: ``net.0.weight`` + ``net.0.bias`` -> ``net.0``), ``layer``
+(as ``module``, but the stacked layers of a PyTorch RNN apart: ``lstm.weight_ih_l1``
++ ``lstm.bias_hh_l1`` -> ``lstm.l1``), or any function of the parameter name.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -33,13 +39,31 @@ class GradientNorms:
                 "num_batches": self.num_batches, "groups": self.groups}
 
 
-def gradient_norms(objective: Objective, *, batch_size: int | None = None, by: str = "tensor",
-                   w: torch.Tensor | None = None) -> GradientNorms:
-    """Gradient norms at ``w`` (default the base point) per ``by`` = ``tensor`` (named parameter) or
-    ``module`` (parameters of the same module summed: ``net.0.weight`` + ``net.0.bias`` -> ``net.0``)."""
-    if by not in ("tensor", "module"):
-        raise ValueError(f"by must be 'tensor' or 'module', got {by!r}")
-    names = [n if by == "tensor" else (n.rsplit(".", 1)[0] if "." in n else n) for n in objective.names]
+GROUPINGS = ("tensor", "module", "layer")
+_RNN_LAYER = re.compile(r"^(?:weight|bias)_(?:ih|hh|hr)_l(\d+)(_reverse)?$")
+
+
+def parameter_group(name: str, by: str | Callable[[str], str]) -> str:
+    """The group of parameter ``name`` under ``by`` (module docstring)."""
+    if callable(by):
+        return str(by(name))
+    if by not in GROUPINGS:
+        raise ValueError(f"by must be one of {GROUPINGS} or a function, got {by!r}")
+    if by == "tensor":
+        return name
+    module, _, leaf = name.rpartition(".")
+    m = _RNN_LAYER.match(leaf) if by == "layer" else None
+    if m:
+        layer = f"l{m.group(1)}{m.group(2) or ''}"
+        return f"{module}.{layer}" if module else layer
+    return module or name
+
+
+def gradient_norms(objective: Objective, *, batch_size: int | None = None,
+                   by: str | Callable[[str], str] = "tensor", w: torch.Tensor | None = None) -> GradientNorms:
+    """Gradient norms at ``w`` (default the base point) per group ``by`` (module docstring); groups keep
+    the order of their first parameter."""
+    names = [parameter_group(n, by) for n in objective.names]
     groups = list(dict.fromkeys(names))
     member = torch.zeros(len(names), len(groups) + 1, dtype=torch.float64, device=objective.device)
     for i, n in enumerate(names):
@@ -72,4 +96,4 @@ def gradient_norms(objective: Objective, *, batch_size: int | None = None, by: s
                 for i, g in enumerate(groups)})
 
 
-__all__ = ["GradientNorms", "gradient_norms"]
+__all__ = ["GROUPINGS", "GradientNorms", "gradient_norms", "parameter_group"]

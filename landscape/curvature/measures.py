@@ -6,8 +6,8 @@ from typing import Any
 
 from landscape.analysis import AnalysisContext, Measure, register_measure
 from landscape.curvature.density import spectral_density
-from landscape.curvature.fisher import fisher_eigenvalues
-from landscape.curvature.gradients import gradient_norms
+from landscape.curvature.fisher import METHODS as FISHER_METHODS, fisher_eigenvalues
+from landscape.curvature.gradients import GROUPINGS, gradient_norms
 from landscape.curvature.lanczos import WHICH, lanczos
 from landscape.curvature.power import power_iteration
 from landscape.curvature.trace import hutchinson, hutchpp
@@ -180,20 +180,27 @@ def _fisher_args(g: argparse._ArgumentGroup) -> None:
                    help="top eigenvalues of the empirical Fisher (GA-SAM uses 50; 0: skip) [default: 0]")
     g.add_argument("--fisher-kind", choices=["fisher", "ggn"], default="fisher",
                    help="empirical Fisher or generalized Gauss-Newton [default: fisher]")
+    g.add_argument("--fisher-method", choices=list(FISHER_METHODS), default="lanczos",
+                   help="Lanczos, or exact from the N x N Gram matrix of the per-sample gradients (empirical "
+                        "Fisher, one process, N x P numbers in memory; far faster for a few thousand samples, "
+                        "e.g. with --subset) [default: lanczos]")
 
 
 def _fisher(ctx: AnalysisContext) -> dict[str, Any]:
     o = ctx.options
-    r = fisher_eigenvalues(ctx.objective(), o.fisher_k, kind=o.fisher_kind, tol=o.tol or LANCZOS_TOL,
-                           seed=o.seed, progress=ctx.progress)
+    method = o.fisher_method
+    extra = {} if method == "gram" else {"tol": o.tol or LANCZOS_TOL, "seed": o.seed, "progress": ctx.progress}
+    r = fisher_eigenvalues(ctx.objective(), o.fisher_k, kind=o.fisher_kind, method=method, **extra)
     return {"kind": o.fisher_kind, "k": o.fisher_k, **r.to_dict()}
 
 
 def _fisher_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
     ev = s["eigenvalues"]
     shown = _values(ev[:5]) + (f", ... ({len(ev)} in the JSON)" if len(ev) > 5 else "")
-    return [(f"{'empirical Fisher' if s['kind'] == 'fisher' else 'GGN'} top-{s['k']}", shown),
-            _work("products", s, "NOT converged")]
+    rows = [(f"{'empirical Fisher' if s['kind'] == 'fisher' else 'GGN'} top-{s['k']}", shown)]
+    if s["method"] == "gram":
+        return rows + [("  method", "exact, Gram matrix of the per-sample gradients (one data pass)")]
+    return rows + [_work("products", s, "NOT converged")]
 
 
 def _fisher_scalars(s: dict[str, Any]) -> dict[str, float]:
@@ -210,8 +217,9 @@ def _grad_args(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--grad-batch-size", type=int, default=None,
                    help="average gradient norms over mini-batches of this size (1: per sample, GA-SAM) "
                         "[default: norms of the full-data gradient]")
-    g.add_argument("--grad-by", choices=["tensor", "module"], default="tensor",
-                   help="group gradient norms per parameter tensor or per module [default: tensor]")
+    g.add_argument("--grad-by", choices=list(GROUPINGS), default="tensor",
+                   help="group gradient norms per parameter tensor, per module, or per layer (a module; the "
+                        "stacked layers of an RNN apart) [default: tensor]")
 
 
 def _grad(ctx: AnalysisContext) -> dict[str, Any]:

@@ -52,7 +52,10 @@ def shifted_curves(t: np.ndarray, train: np.ndarray, test: np.ndarray, per_unit:
                    hi: float) -> dict[str, Any]:
     """The GA-SAM curves on ``[lo, hi]`` from losses on a :func:`shift_axis` grid ``t``: ``train``,
     ``test``, ``shifted`` (= ``train(t - 1) + C``), the constant ``C``, and the RMS gap of the test
-    loss to the shifted and to the unshifted training loss over ``[lo, hi]``."""
+    loss to the shifted and to the unshifted training loss over ``[lo, hi]``: with GA-SAM's ``C``
+    (``rms_test_vs_shifted``; the train curve as it is, ``rms_test_vs_train``) and with the best
+    constant for each (``*_best_constant``: ``min_c RMS(test - curve - c)``, the standard deviation
+    of the difference), which compares the shapes alone."""
     t, train, test = (np.asarray(a, dtype=np.float64) for a in (t, train, test))
     k = np.rint(t * per_unit).astype(np.int64)
     pos = {int(v): i for i, v in enumerate(k)}
@@ -62,7 +65,9 @@ def shifted_curves(t: np.ndarray, train: np.ndarray, test: np.ndarray, per_unit:
     tt, tr, te = t[keep], train[keep], test[keep]
     return {"t": tt, "train": tr, "test": te, "shifted": shifted, "constant": c,
             "rms_test_vs_shifted": float(np.sqrt(np.mean((te - shifted) ** 2))),
-            "rms_test_vs_train": float(np.sqrt(np.mean((te - tr) ** 2)))}
+            "rms_test_vs_train": float(np.sqrt(np.mean((te - tr) ** 2))),
+            "rms_test_vs_shifted_best_constant": float(np.std(te - shifted)),
+            "rms_test_vs_train_best_constant": float(np.std(te - tr))}
 
 
 def finetune(obj: Any, steps: int, lr: float, momentum: float = 0.0,

@@ -246,7 +246,12 @@ def plot_shift(curves: dict[str, Any], stem: str | Path, formats: Sequence[str] 
                title: str = "GA-SAM: test loss vs training loss shifted by delta") -> list[Path]:
     """GA-SAM Fig. 1: train loss, test loss and the shifted train loss along ``theta + t delta``."""
     fig = _figure(6.4, 4.2)
-    ax = fig.add_subplot()
+    draw_shift(fig.add_subplot(), curves, title=title)
+    return _save(fig, stem, formats)
+
+
+def draw_shift(ax: Any, curves: dict[str, Any], *, title: str = "", legend: bool = True) -> None:
+    """The curves of :func:`plot_shift` on a matplotlib ``ax`` (to compose figures)."""
     t = curves["t"]
     ax.plot(t, curves["train"], "-", color=SPLIT_COLOURS["train"], label="train loss")
     ax.plot(t, curves["test"], "-", color=SPLIT_COLOURS["test"], label="test loss")
@@ -258,9 +263,10 @@ def plot_shift(curves: dict[str, Any], stem: str | Path, formats: Sequence[str] 
                     textcoords="offset points", fontsize=8, color="dimgrey")
     ax.set_xlabel("t   (w = θ + t δ,  δ = θ* − θ)")
     ax.set_ylabel("loss")
-    ax.legend(fontsize=8, loc="upper center")
-    ax.set_title(title, fontsize=10)
-    return _save(fig, stem, formats)
+    if legend:
+        ax.legend(fontsize=8, loc="upper center")
+    if title:
+        ax.set_title(title, fontsize=10)
 
 
 def _title(surface: Surface, metric: str | None = None) -> str:
@@ -273,5 +279,5 @@ def _title(surface: Surface, metric: str | None = None) -> str:
     return " — ".join(parts)
 
 
-__all__ = ["PLOTS_2D", "axis_labels", "plot_2d", "plot_curves", "plot_grid", "plot_interpolation", "plot_shift",
+__all__ = ["PLOTS_2D", "axis_labels", "draw_shift", "plot_2d", "plot_curves", "plot_grid", "plot_interpolation", "plot_shift",
            "plot_side_by_side"]
