@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{titles[task]}\n  fine-tune: test loss {ft['test_loss_before']:.4f} -> {ft['test_loss_after']:.4f}; "
               f"||delta|| {s['delta_norm']:.4g}, C {s['constant']:.4g}\n"
               f"  RMS(test - shifted train) {s['rms_test_vs_shifted']:.4g} vs RMS(test - train) "
-              f"{s['rms_test_vs_train']:.4g}; with the best constant for each {s['rms_test_vs_shifted_best_constant']:.4g} "
+              f"{s['rms_test_vs_train']:.4g}; with the best constant for each "
+              f"{s['rms_test_vs_shifted_best_constant']:.4g} "
               f"vs {s['rms_test_vs_train_best_constant']:.4g}\n  near theta* (t in {list(NEAR)}), best constant: "
               f"RMS(test - shifted train) {s['near']['rms_test_vs_shifted_best_constant']:.4g} vs RMS(test - train) "
               f"{s['near']['rms_test_vs_train_best_constant']:.4g}")

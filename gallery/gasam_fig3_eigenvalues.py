@@ -30,7 +30,8 @@ import gasam_runs as R  # noqa: E402
 from landscape.analysis import analyze  # noqa: E402
 from landscape.checkpoint import open_checkpoint  # noqa: E402
 
-TASKS = {"textcnn": "TextCNN, synthetic text (IMDB stand-in)", "lstm": "2-layer LSTM LM, generated corpus (PTB stand-in)"}
+TASKS = {"textcnn": "TextCNN, synthetic text (IMDB stand-in)",
+         "lstm": "2-layer LSTM LM, generated corpus (PTB stand-in)"}
 METHODS = ["baseline", "sam", "ga_sam", "ga_sam_x3", "ga_sam_x10", "ga_sam_control"]
 STYLE = {"baseline": ("tab:blue", "o", "-"), "sam": ("tab:orange", "s", "-"), "ga_sam": ("tab:green", "^", "-"),
          "ga_sam_x3": ("tab:purple", "P", "-"), "ga_sam_x10": ("tab:red", "D", "-"),
@@ -89,10 +90,10 @@ def plot(runs: dict, summary: dict, path: Path, quick: bool) -> Path:
             colour, marker, ls = STYLE[method]
             ev = np.array([s["eigenvalues"] for s in seeds])
             s = summary[task][method]
-            label = (f"{R.method_label(task, method)}: λ1 {s['lambda_1']:.3g} (×{s['ratio_lambda_1']:.2f} of the baseline's), train loss {s['train_loss']:.3f}, "
-                     f"test acc {s['test_acc']:.3f}") if task == "textcnn" else (
-                f"{R.method_label(task, method)}: λ1 {s['lambda_1']:.3g} (×{s['ratio_lambda_1']:.2f} of the baseline's), train / test ppl "
-                f"{np.exp(s['train_loss']):.2f} / {np.exp(s['test_loss']):.2f}")
+            head = (f"{R.method_label(task, method)}: λ1 {s['lambda_1']:.3g} "
+                    f"(×{s['ratio_lambda_1']:.2f} of the baseline's)")
+            label = (f"{head}, train loss {s['train_loss']:.3f}, test acc {s['test_acc']:.3f}" if task == "textcnn"
+                     else f"{head}, train / test ppl {np.exp(s['train_loss']):.2f} / {np.exp(s['test_loss']):.2f}")
             ax.plot(idx, ev.mean(0), ls=ls, marker=marker, ms=3, lw=1.2, color=colour, label=label)
             if len(seeds) > 1:
                 ax.fill_between(idx, ev.min(0), ev.max(0), color=colour, alpha=0.15, lw=0)
@@ -102,7 +103,8 @@ def plot(runs: dict, summary: dict, path: Path, quick: bool) -> Path:
         n = len(next(iter(by_method.values())))
         ax.set_title(f"{TASKS[task]}" + (f" — mean of {n} seeds (band: min-max)" if n > 1 else ""), fontsize=9)
         key.axis("off")  # the legend under its panel
-        key.legend(*ax.get_legend_handles_labels(), fontsize=7.5, loc="upper center", frameon=False, title="λ1: mean over seeds (× the mean ratio to the baseline of the same seed)", title_fontsize=7.5)
+        key.legend(*ax.get_legend_handles_labels(), fontsize=7.5, loc="upper center", frameon=False,
+                   title="λ1: mean over seeds (× the mean ratio to the baseline of the same seed)", title_fontsize=7.5)
         ax.grid(alpha=0.3, which="both", lw=0.4)
     fig.suptitle("GA-SAM Fig. 3 reproduced: top-50 eigenvalues of the Hessian under the Fisher assumption "
                  "(exact empirical Fisher, whole training set)" + ("  [--quick]" if quick else ""), fontsize=10)
@@ -131,7 +133,8 @@ def main(argv: list[str] | None = None) -> dict:
             s = summary[task][method]
             print(f"  {R.method_label(task, method):28s} lambda_1 {s['lambda_1']:.4g}  top-{K} sum {s['top_sum']:.4g}  "
                   f"ratio to baseline: lambda_1 {s['ratio_lambda_1']:.3f}, sum {s['ratio_top_sum']:.3f}, "
-                  f"median {s['ratio_median']:.3f}  | train loss {s['train_loss']:.4f}, test loss {s['test_loss']:.4f}, "
+                  f"median {s['ratio_median']:.3f}  | train loss {s['train_loss']:.4f}, "
+                  f"test loss {s['test_loss']:.4f}, "
                   f"test acc {s['test_acc']:.4f}")
     print(f"\nwrote {png} ({png.stat().st_size // 1024} KB) and {args.out / 'gasam_fig3_eigenvalues.json'}")
     return result

@@ -279,5 +279,5 @@ def _title(surface: Surface, metric: str | None = None) -> str:
     return " — ".join(parts)
 
 
-__all__ = ["PLOTS_2D", "axis_labels", "draw_shift", "plot_2d", "plot_curves", "plot_grid", "plot_interpolation", "plot_shift",
-           "plot_side_by_side"]
+__all__ = ["PLOTS_2D", "axis_labels", "draw_shift", "plot_2d", "plot_curves", "plot_grid", "plot_interpolation",
+           "plot_shift", "plot_side_by_side"]
