@@ -47,6 +47,18 @@ def flat(d: dict[str, torch.Tensor]) -> torch.Tensor:
 # -- hand-written references ----------------------------------------------------------------
 LR, MOMENTUM, WD = 0.1, 0.9, 5e-4
 
+# The single-pass-perturbation family, with hyper-parameters large enough that every perturbation
+# matters on the toy problems (tests/test_optimizers_engineering.py, tests/test_family_contract.py).
+FAMILY = {
+    "sam": {"rho": 0.3},
+    "asam": {"rho": 1.0},
+    "gsam": {"rho_max": 0.3, "rho_min": 0.1, "alpha": 0.4},
+    "asam_ascent": {"rho_max": 1.0, "rho_min": 0.5, "alpha": 0.4},
+    "ga_sam": {"rho": 0.05, "ascent_steps": 2},
+    "layer_sam": {"rho": 0.05},
+    "multistep_defense": {"rho": 0.02, "ascent_steps": 2},
+}
+
 
 def sgd_reference(w: dict, grads_fn, steps: int, lrs: list[float] | None = None) -> dict:
     """SGD with momentum and L2 weight decay; ``grads_fn(w, t) -> the update gradient`` of step ``t``."""

@@ -1,4 +1,5 @@
-"""The family's engineering contract for GNR, LETS, ESAM, LookSAM, RST and AE-SAM: gradient accumulation,
+"""The engineering contract of every sharpness-aware method (the single-pass family of
+tests/optimizer_helpers.FAMILY, and GNR, LETS, ESAM, LookSAM, RST, AE-SAM): gradient accumulation,
 clipping of the final update gradient, the AdamW base, bf16 autocast, no parameter-sized copies kept
 between steps (LookSAM's g_v aside, which is the method)."""
 from __future__ import annotations
@@ -10,10 +11,11 @@ import torch
 
 from optimizers import build_optimizer
 from tests.family_helpers import BASE
-from tests.optimizer_helpers import closure_for, flat, grad_at, params_of, toy
+from tests.optimizer_helpers import FAMILY, closure_for, flat, grad_at, params_of, toy
 
 # Hyper-parameters large enough that every perturbation matters on the toy problem.
 METHODS = {
+    **{name: (name, hp) for name, hp in FAMILY.items()},
     "gnr": ("gnr", {"rho": 0.3, "alpha": 0.5, "oracle": "sam", "oracle_rho": 0.2}),
     "gnr central": ("gnr", {"rho": 0.3, "alpha": 0.5, "hvp": "central", "fd_radius": 1e-3}),
     "lets_sam": ("lets_sam", {"rho": 0.3, "beta_lr": 0.01}),
@@ -48,7 +50,7 @@ def test_gradient_accumulation_equals_the_full_batch(label):
             opt.step(c)
         got.append(flat(params_of(model)))
     # LETS: the closure sums the losses in float32, so L_V - L_B (and beta) round differently per chunking
-    tol = 1e-10 if label.startswith("lets") else 1e-12
+    tol = 1e-10 if label.startswith("lets") else 1e-13 if label in FAMILY else 1e-12
     assert float((got[0] - got[1]).abs().max()) < tol
 
 
@@ -69,6 +71,7 @@ def test_clipping_acts_on_the_final_update_gradient(label):
     coef = max_norm / (float(flat(d).norm()) + 1e-6)
     ref = flat({n: w0[n] - 0.5 * coef * d[n] for n in w0})
     assert float((flat(params_of(model)) - ref).abs().max()) < 1e-14
+    assert opt.last_grad_norm == pytest.approx(float(flat(d).norm()), rel=1e-12)
 
 
 @pytest.mark.parametrize("label", METHODS)
@@ -134,6 +137,10 @@ def test_no_parameter_sized_copies_persist_between_steps(label):
     kept = {key for s in opt.state.values() for key in s}
     assert kept == ({"g_v"} if label == "looksam" else set())  # LookSAM's memory is its method
     assert {key for s in opt.base.state.values() for key in s} == {"momentum_buffer"}
+    assert opt.base.defaults["foreach"] is True
+    if label in FAMILY:  # the single-pass family keeps no tensor at all of its own
+        assert not [k for k, v in owned.items() if any(True for _ in tensors_in(v))], owned.keys()
+        assert not opt.state  # the wrapper keeps nothing per parameter
 
 
 @pytest.mark.slow
