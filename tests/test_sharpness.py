@@ -177,7 +177,8 @@ def test_average_case_is_reproducible_and_matches_its_expectation():
     rho = 0.1
     a = average_sharpness(obj, rho, samples=4000, seed=3)
     b = average_sharpness(obj, rho, samples=4000, seed=3, chunk_size=7)
-    assert a.sharpness == b.sharpness and a.std == b.std
+    # the same draws whatever the chunk size; only the batched matmul's rounding may differ (1 ulp)
+    assert math.isclose(a.sharpness, b.sharpness, rel_tol=1e-13) and math.isclose(a.std, b.std, rel_tol=1e-13)
     assert average_sharpness(obj, rho, samples=50, seed=4).sharpness != average_sharpness(obj, rho, samples=50,
                                                                                            seed=3).sharpness
     # gaussian: E[(rho z)^T A (rho z) / 2] = rho^2 tr(A) / 2
