@@ -5,7 +5,7 @@ The front door (:mod:`landscape.api`), one call from a model, a loss and data to
     import landscape
     landscape.hessian_eigenvalues(model, criterion, loader, k=5).eigenvalues
     landscape.hessian_trace(model, criterion, loader).trace
-    landscape.sharpness(model, criterion, loader, rho=0.05, adaptive=True).sharpness
+    landscape.sharpness_of(model, criterion, loader, rho=0.05, adaptive=True).sharpness
     landscape.surface(model, criterion, loader, points=21)["train_loss"]
 
 Everything else is imported from its module (``landscape.objective``, ``landscape.curvature``, ...); the
@@ -15,7 +15,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_API = ("hessian_eigenvalues", "hessian_trace", "spectral_density", "sharpness", "surface")
+_API = ("hessian_eigenvalues", "hessian_trace", "spectral_density", "sharpness_of", "surface")
 _OBJECTIVE = ("Objective", "BatchLoss", "Criterion", "TaskLoss")
 
 

@@ -77,7 +77,7 @@ def spectral_density(model: Any, loss: Any = None, data: Any = None, **kwargs: A
     return slq(_objective(model, loss, data, kwargs).hessian, **kwargs)
 
 
-def sharpness(model: Any, loss: Any = None, data: Any = None, rho: float = 0.05, *, adaptive: bool = False,
+def sharpness_of(model: Any, loss: Any = None, data: Any = None, rho: float = 0.05, *, adaptive: bool = False,
               p: float = 2, kind: str = "worst", **kwargs: Any) -> Any:
     """Sharpness at radius ``rho``: ``max_{||T^-1 e||_p <= rho} L(w + e) - L(w)`` (``kind="worst"``) or the
     mean increase under random perturbations (``"average"``), with ASAM's normalization ``T = |w| + eta``
@@ -117,4 +117,4 @@ def surface(model: Any, loss: Any = None, data: Any = None, *, dims: int = 2,
     return compute_surface({"train": obj}, dirs, [grid] * dims, path=path, **kwargs)
 
 
-__all__ = ["hessian_eigenvalues", "hessian_trace", "sharpness", "spectral_density", "surface"]
+__all__ = ["hessian_eigenvalues", "hessian_trace", "sharpness_of", "spectral_density", "surface"]

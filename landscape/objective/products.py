@@ -14,10 +14,21 @@ the batches up and divides by the total count (rows for the Fisher):
 """
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import Any, Iterator
 
 import torch
 from torch.func import grad as func_grad, jvp, vmap
+
+
+@contextlib.contextmanager
+def second_order() -> Iterator[None]:
+    """``scaled_dot_product_attention`` on its math kernel: the fused ones (flash, memory-efficient) have no
+    second derivative (nor forward-mode rule), so transformers would fail every curvature product."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel([SDPBackend.MATH]):
+        yield
 
 
 def grad_of(out: torch.Tensor, inp: torch.Tensor, cotangent: torch.Tensor, retain: bool) -> torch.Tensor:
@@ -30,7 +41,7 @@ def gradient_graph(obj: Any, batch: Any, index: int = 0, w: torch.Tensor | None 
                    ) -> tuple[torch.Tensor, torch.Tensor, Any]:
     """``(leaf, grad total(leaf), count)`` at ``w`` (default ``w0``) with the gradient's graph kept."""
     leaf = (obj.w0 if w is None else w).detach().requires_grad_(True)
-    with torch.enable_grad():
+    with torch.enable_grad(), second_order():
         v = obj.value(leaf, batch, index)
         (g,) = torch.autograd.grad(v.total, leaf, create_graph=True, allow_unused=True, materialize_grads=True)
     return leaf, g, v.count
@@ -80,17 +91,18 @@ def hvp_forward(obj: Any, w: torch.Tensor, batch: Any, V: torch.Tensor) -> tuple
         return v.total, obj._scalar(v.count)
 
     g = func_grad(total, has_aux=True)
-    if len(V) == 1:
-        _, hv, count = jvp(g, (w,), (V[0],), has_aux=True)
-        return hv[None], count
-    hv, counts = vmap(lambda v: jvp(g, (w,), (v,), has_aux=True)[1:])(V)
+    with second_order():
+        if len(V) == 1:
+            _, hv, count = jvp(g, (w,), (V[0],), has_aux=True)
+            return hv[None], count
+        hv, counts = vmap(lambda v: jvp(g, (w,), (v,), has_aux=True)[1:])(V)
     return hv, counts[0]
 
 
 def ggn(obj: Any, w: torch.Tensor, batch: Any, V: torch.Tensor) -> tuple[torch.Tensor, Any]:
     """``J^T H_out J`` (module docstring); the graph is built once for the block."""
     leaf = w.detach().requires_grad_(True)
-    with torch.enable_grad():
+    with torch.enable_grad(), second_order():
         out = obj.call(obj.loss_spec.output, leaf, batch)
         total, count = obj.loss_spec.output_total(out, batch)
         (g_out,) = torch.autograd.grad(total, out, create_graph=True)
@@ -107,7 +119,7 @@ def ggn(obj: Any, w: torch.Tensor, batch: Any, V: torch.Tensor) -> tuple[torch.T
 def fisher(obj: Any, w: torch.Tensor, batch: Any, V: torch.Tensor) -> tuple[torch.Tensor, int]:
     """``J_l^T (J_l v)`` summed over the batch's samples (module docstring); the count is the samples."""
     leaf = w.detach().requires_grad_(True)
-    with torch.enable_grad():
+    with torch.enable_grad(), second_order():
         losses = obj.call(obj.loss_spec.per_sample, leaf, batch)
         u = torch.zeros_like(losses, requires_grad=True)
         (jtu,) = torch.autograd.grad(losses, leaf, u, create_graph=True)
@@ -115,4 +127,4 @@ def fisher(obj: Any, w: torch.Tensor, batch: Any, V: torch.Tensor) -> tuple[torc
             len(losses)
 
 
-__all__ = ["fisher", "ggn", "grad_of", "gradient_graph", "graph_bytes", "hvp_forward", "hvp_reverse"]
+__all__ = ["fisher", "ggn", "grad_of", "second_order", "gradient_graph", "graph_bytes", "hvp_forward", "hvp_reverse"]
