@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-import torch.nn as nn
 
 _OBJECTIVE_OPTIONS = ("batch_size", "device", "dtype", "params", "hvp_mode", "max_block", "cache_graph",
                       "graph_memory", "cache_memory", "seed", "max_rows", "label_smoothing")

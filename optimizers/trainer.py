@@ -81,8 +81,8 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.data = get_dataset(c.data, **c.data_kwargs)
         if not isinstance(self.data, DataBundle):
-            raise ValueError(f"--data {c.data} gave {type(self.data).__name__}; training needs a landscape.data.DataBundle "
-                             "(a DataLoader-returning factory is for analysis commands)")
+            raise ValueError(f"--data {c.data} gave {type(self.data).__name__}; training needs a "
+                             "landscape.data.DataBundle (a DataLoader-returning factory is for analysis commands)")
         self.model_kwargs = resolve_model_kwargs(c, self.data)
         torch.manual_seed(c.seed)
         self.model: nn.Module = build_model(c.model, **self.model_kwargs).to(self.device)

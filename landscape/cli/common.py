@@ -37,10 +37,11 @@ def add_entry_point_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data-arg", action="append", metavar="KEY=VALUE", help="keyword argument of --data")
     g.add_argument("--loss", metavar="PKG.MODULE:FN", default=None,
                    help="the loss: loss_fn(model, batch) -> (sum of losses, count) (first parameter named model), a "
-                        "mean-reduced criterion(output, target), or a criterion class such as torch.nn:CrossEntropyLoss "
-                        "[default: the data's task]")
+                        "mean-reduced criterion(output, target), or a criterion class such as "
+                        "torch.nn:CrossEntropyLoss [default: the data's task]")
     g.add_argument("--strip-prefix", metavar="PREFIX", default=None,
-                   help="remove PREFIX (e.g. 'model.' of a Lightning checkpoint) from the names of a foreign state_dict")
+                   help="remove PREFIX (e.g. 'model.' of a Lightning checkpoint) from the names of a foreign "
+                        "state_dict")
 
 
 def open_from_args(args: argparse.Namespace):

@@ -144,6 +144,11 @@ class Objective:
         self._stats: tuple[int, float] | None = None
         if isinstance(self.source, TensorSource) and isinstance(self.loss_spec, TaskLoss):
             self._stats = self._tensor_stats()
+        elif self.sharded:  # every rank must hold a batch, or the collective calls of a pass would not pair up
+            empty = torch.tensor([float(not self.source.has_batch())], dtype=self._stat_dtype, device=self.device)
+            if self.reduce_sum(empty)[0] > 0:
+                raise DataError(f"{int(empty[0])} of {world_size()} processes get no batch of the stream; give it "
+                                "at least as many batches as processes")
         self._validated = False
         self._vmap_points = True
         self._auto_chunk: int | None = None

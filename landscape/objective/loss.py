@@ -177,7 +177,7 @@ class Criterion(Loss):
     def _mean(self, out: torch.Tensor, target: Any) -> torch.Tensor:
         loss = self.criterion(out, target)
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-            got = type(loss).__name__ if not isinstance(loss, torch.Tensor) else f"a tensor of shape {tuple(loss.shape)}"
+            got = f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else type(loss).__name__
             raise LossError(f"criterion {self.name} returned {got}, not a scalar (use reduction='mean')")
         return loss.reshape(())
 
@@ -268,7 +268,8 @@ def as_loss(loss: Any = None, *, task: str | None = None, label_smoothing: float
     if isinstance(loss, nn.Module):
         return Criterion(loss)
     if not callable(loss):
-        raise TypeError(f"a loss must be a task name, a criterion or a loss_fn(model, batch), got {type(loss).__name__}")
+        raise TypeError(f"a loss must be a task name, a criterion or a loss_fn(model, batch), got "
+                        f"{type(loss).__name__}")
     try:
         params = [p for p in inspect.signature(loss).parameters.values()
                   if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]

@@ -163,6 +163,14 @@ class StreamSource:
             return batch
         raise DataError("the data source gave no batch")
 
+    def has_batch(self) -> bool:
+        """Whether this rank's share of the stream holds at least one batch."""
+        try:
+            self.first()
+        except DataError:
+            return False
+        return True
+
     def blocks(self, size: int, per_block: int, limit: int | None = None) -> Iterator[tuple[Any, int]]:
         """``(rows, k)``: consecutive blocks of ``k <= per_block`` groups of ``size`` rows of this rank's
         stream, in stream order (at most ``limit`` groups; a trailing group of fewer rows is left out)."""
