@@ -47,11 +47,12 @@ class AESAM(FamilyState, SAM):
         normalization: str = "none",
         eta: float = 0.0,
         exclude: str = "none",
+        exempt: str = "1d",
     ) -> None:
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
         super().__init__(params, base=base, base_kwargs=base_kwargs, max_grad_norm=max_grad_norm, rho=rho, p=p,
-                         normalization=normalization, eta=eta, exclude=exclude, sync_perturbation=True)
+                         normalization=normalization, eta=eta, exclude=exclude, exempt=exempt, sync_perturbation=True)
         self.ema_decay, self.c_start, self.c_end = float(ema_decay), float(c_start), float(c_end)
         self.mu, self.var = 0.0, 0.0
         self._init_family()

@@ -56,12 +56,14 @@ class ESAM(FamilyState, SAM):
         normalization: str = "none",
         eta: float = 0.0,
         exclude: str = "none",
+        exempt: str = "1d",
         sync_perturbation: bool = False,
     ) -> None:
         if not 0.0 < swp_prob <= 1.0 or not 0.0 < sds_fraction <= 1.0:
             raise ValueError("swp_prob and sds_fraction must be in (0, 1]")
         super().__init__(params, base=base, base_kwargs=base_kwargs, max_grad_norm=max_grad_norm, rho=rho, p=p,
-                         normalization=normalization, eta=eta, exclude=exclude, sync_perturbation=sync_perturbation)
+                         normalization=normalization, eta=eta, exclude=exclude, exempt=exempt,
+                         sync_perturbation=sync_perturbation)
         self.swp_prob, self.sds_fraction = float(swp_prob), float(sds_fraction)
         self._init_family()
         self._selected: set[int] | None = None  # ids of the tensors perturbed this step
@@ -74,7 +76,7 @@ class ESAM(FamilyState, SAM):
 
     def perturbation(self, params: list[torch.Tensor], grads: list[torch.Tensor]) -> list[torch.Tensor]:
         """``e = (rho / beta) * ascent`` over the tensors selected this step (the others stay put)."""
-        scaling = self.geometry.scaling(params, grads)
+        scaling = self.scaling(params, grads)
         if self._selected is not None:
             scaling.active = [a and id(p) in self._selected for a, p in zip(scaling.active, params)]
         return self.geometry.ascent(grads, scaling, self.radius() / self.swp_prob)

@@ -40,6 +40,7 @@ scaler's units (a multiplication by a power of two, exact) for the single unscal
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, Iterable
 
 import torch
@@ -47,6 +48,8 @@ import torch
 from optimizers import register_optimizer
 from optimizers.base import preset
 from optimizers.sam import SAM, copy_of
+
+GROUPINGS = ("tensor", "module")
 
 
 class GASAM(SAM):
@@ -72,16 +75,20 @@ class GASAM(SAM):
         normalization: str = "gradient",
         eta: float = 0.0,
         exclude: str = "none",
+        exempt: str = "1d",
         single_step: bool = False,
         start_epoch: int = 0,
+        grouping: str = "tensor",
         sync_perturbation: bool = False,
     ) -> None:
+        if grouping not in GROUPINGS:
+            raise ValueError(f"grouping must be one of {', '.join(GROUPINGS)}; got {grouping!r}")
         if int(ascent_steps) != ascent_steps or ascent_steps < 0:
             raise ValueError(f"ascent_steps must be an integer >= 0, got {ascent_steps}")
         if step_size is not None and step_size < 0:
             raise ValueError(f"step_size must be >= 0, got {step_size}")
         super().__init__(params, base=base, base_kwargs=base_kwargs, max_grad_norm=max_grad_norm, rho=rho, p=p,
-                         normalization=normalization, eta=eta, exclude=exclude,
+                         normalization=normalization, eta=eta, exclude=exclude, exempt=exempt,
                          sync_perturbation=sync_perturbation)
         if float(self.geometry.p) not in (2.0, float("inf")):
             raise ValueError(f"GA-SAM projects onto L2 or Linf balls (eqs. 17-18); p must be 2 or inf, got {p}")
@@ -89,6 +96,22 @@ class GASAM(SAM):
         self.step_size = None if step_size is None else float(step_size)
         self.single_step = bool(single_step)
         self.start_epoch = int(start_epoch)
+        self.grouping = grouping
+        if grouping == "module" and len(self.param_names) < sum(len(g["params"]) for g in self.param_groups):
+            warnings.warn(f"{type(self).__name__}: grouping='module' needs parameter names (pass "
+                          "model.named_parameters()); one group per tensor instead", stacklevel=2)
+
+    def groups(self, params: list[torch.Tensor]) -> list[int] | None:
+        """``grouping="module"``: one group per module (the parameter name without its last component),
+        so a layer's weight and bias share ``T_i``; ``"tensor"``: ``None``, each tensor its own group."""
+        if self.grouping != "module" or not self.param_names:
+            return None
+        ids: dict[str, int] = {}
+        out = []
+        for i, q in enumerate(params):
+            name = self.param_names.get(id(q))
+            out.append(ids.setdefault(name.rsplit(".", 1)[0], len(ids)) if name is not None else -1 - i)
+        return out
 
     def eta_step(self) -> float:
         """The ascent step size ``eta`` (``1.5 rho / K`` unless ``step_size`` is given)."""
@@ -111,7 +134,7 @@ class GASAM(SAM):
             loss = closure(sync=sync)  # g_0 at w; BatchNorm statistics updated here only
         params = self.params_with_grad()
         grads = self.unscaled_grads(params)  # g_0, true units
-        scaling = self.geometry.scaling(params, grads)  # T from g_0, once per step (Algo. 1 line 2)
+        scaling = self.scaling(params, grads)  # T from g_0, once per step (Algo. 1 line 2)
         origin = copy_of(params)
         self._saved = (params, origin)
         mean = None if self.single_step else grads  # the running mean starts as g_0 itself (no copy)

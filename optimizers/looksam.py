@@ -48,13 +48,14 @@ class LookSAM(FamilyState, SAM):
         normalization: str = "none",
         eta: float = 0.0,
         exclude: str = "none",
+        exempt: str = "1d",
     ) -> None:
         if int(k) != k or k < 1:
             raise ValueError(f"k must be a positive integer, got {k}")
         if alpha < 0:
             raise ValueError(f"alpha must be >= 0, got {alpha}")
         super().__init__(params, base=base, base_kwargs=base_kwargs, max_grad_norm=max_grad_norm, rho=rho, p=p,
-                         normalization=normalization, eta=eta, exclude=exclude, sync_perturbation=True)
+                         normalization=normalization, eta=eta, exclude=exclude, exempt=exempt, sync_perturbation=True)
         self.k, self.alpha, self.per_tensor = int(k), float(alpha), bool(per_tensor)
         self._init_family()
         self.last_sam_step = False

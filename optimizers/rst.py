@@ -50,6 +50,7 @@ class RST(FamilyState, SAM):
         normalization: str = "none",
         eta: float = 0.0,
         exclude: str = "none",
+        exempt: str = "1d",
         sync_perturbation: bool = False,
     ) -> None:
         if prob_schedule not in PROB_SCHEDULES:
@@ -57,7 +58,8 @@ class RST(FamilyState, SAM):
         if not (0.0 <= prob <= 1.0 and 0.0 <= prob_start <= 1.0):
             raise ValueError("prob and prob_start must be in [0, 1]")
         super().__init__(params, base=base, base_kwargs=base_kwargs, max_grad_norm=max_grad_norm, rho=rho, p=p,
-                         normalization=normalization, eta=eta, exclude=exclude, sync_perturbation=sync_perturbation)
+                         normalization=normalization, eta=eta, exclude=exclude, exempt=exempt,
+                         sync_perturbation=sync_perturbation)
         self.prob, self.prob_schedule, self.prob_start = float(prob), prob_schedule, float(prob_start)
         self._init_family()
         self.last_sam_step = False
