@@ -17,13 +17,20 @@ Two changes to SAM, both toward less computation:
 
       w <- base_update(w, grad L_{B+}(w + e)),   B+ = top-ceil(gamma |B|) of l_i(w + e) - l_i(w)
 
+Source: the paper (not in the seeds) and the authors' code, github.com/dydjw9/Efficient_SAM,
+``utils/Esam.py``: ``ESAM.first_step`` (``scale = rho / (||g_S|| + 1e-7) / beta``, the norm over the
+tensors that have a gradient), ``ESAM.second_step`` (after the update, each tensor stays out of the next
+step's first backward with probability ``1 - beta``: ``random.random() > beta`` turns its
+``requires_grad`` off) and ``ESAM.step`` (SDS: ``position = int(gamma |B|)``, keep ``l_after - l_before >
+cutoff`` with ``cutoff`` the ``position``-th largest; ``l_before`` from the training forward pass).
 Deviations from the authors' code, for exactness here: the ``ceil(gamma |B|)`` largest are kept
 (their ``> cutoff`` keeps one fewer); the per-sample losses come from two no-grad forward passes
 (:meth:`~optimizers.closure.StepClosure.per_sample_losses`, BatchNorm frozen), at ``w`` and ``w + e``,
 rather than from the first training pass; the first pass computes every tensor's gradient and the mask
 is applied afterwards (toggling ``requires_grad`` per step breaks DDP's reducer and recompiles
-``torch.compile``d models), so SWP's backward saving is not realized. The mask comes from the
-optimizer's own generator (seeded by the trainer, in ``state_dict()``), identical on every replica.
+``torch.compile``d models), so SWP's backward saving is not realized; the mask of step ``t`` is drawn at
+step ``t`` (theirs at the end of step ``t - 1``, so their first step perturbs every tensor). The mask comes
+from the optimizer's own generator (seeded by the trainer, in ``state_dict()``), identical on every replica.
 ``swp_prob = sds_fraction = 1`` is SAM exactly; ``rho = 0`` with ``sds_fraction = 1`` is the base
 optimizer exactly. Defaults ``beta = 0.6``, ``gamma = 0.5`` are the authors' CIFAR settings.
 """

@@ -30,6 +30,25 @@ Registered configurations (their own defaults, the paper's IMDB settings of App.
 * ``layer_sam`` (Liu et al. 2022): single-step SAM with ``T_i = ||w_i||_2 / ||g_i||_2``: ``p = 2``,
   ``rho = 1e-5`` (a :class:`optimizers.sam.SAM` configuration).
 
+Source: Zhang, Luo, Su, Sun, "GA-SAM: Gradient-Strength based Adaptive Sharpness-Aware Minimization for
+Improved Generalization", EMNLP 2022 (ga-sam.txt): eqs. 13-18 and Algo. 1; settings of App. C.2. No code
+by the authors was found. Two readings the paper leaves open:
+
+* *what a layer is.* Eq. 13's groups are general ("``l`` is the layer number when layer-wise", Sec. 2.1);
+  the paper never says whether a layer's bias shares its weight's ``T_i``, and its Fig. 5 calls a whole
+  Transformer block a layer. ``grouping="tensor"`` (default: each parameter tensor its own group, as
+  layer-wise rules usually act, e.g. LAMB) or ``"module"`` (the tensors of one module - a Linear's weight
+  and bias - together: ``||g_i||`` over both, ``n_i`` their total size; needs
+  ``model.named_parameters()``, which the trainer passes). On the LayerNorm MLP of the tests one step
+  at rho = 0.05 differs by 1.8e-3 between the two (5.6e-6 at rho = 1e-4).
+* *when T is computed.* Algo. 1 writes "Calculate T" (line 2) above the ``while Training`` loop, but
+  ``T`` depends on ``g``, and Sec. 5.5 / Figs. 4-5 argue from gradient strengths that change over training;
+  here ``T`` is recomputed from ``g_0`` at every step and held through its ``K`` ascent steps.
+
+Layer-SAM (Liu, Mai, Chen, Hsieh, You 2021, "Sharpness-aware minimization in large-batch training") is
+implemented as GA-SAM describes it (Secs. 3.1, 4.2, App. C.2: single step, ``T_i = ||w_i|| / ||g_i||``,
+``L_2`` ball); the original paper was not read. The multi-step defense (Zhang et al. 2021) likewise.
+
 BatchNorm statistics are updated by the pass at ``w`` only. ``K = 0`` or ``rho = 0`` (or an epoch
 before ``start_epoch``) is one plain pass: the base optimizer exactly. Under DDP the passes run
 without the all-reduce (each replica attacks its own shard) and the mean gradient is all-reduced

@@ -1,13 +1,14 @@
 """LETS-SAM and LETS-ASAM: learn the perturbation radius by bilevel optimization (Wang, Jiang, Fu, Zhang,
-"Enhancing Sharpness-Aware Minimization by Learning Perturbation Radius", ECML-PKDD 2024, arXiv:2408.08222;
+"Enhancing Sharpness-Aware Minimization by Learning Perturbation Radius", arXiv:2408.08222;
 lets.txt in the seeds, Alg. 1, eqs. 2-5 and 8).
 
 Source and how far it goes. lets.txt lost every formula in extraction (the equation numbers and the prose
 around them survive); no code by the authors is public (searched: GitHub, the paper's pages). What the
 text fixes: ``rho = exp(beta)`` with ``beta`` unconstrained (Sec. 4.1); the upper objective is the squared
-generalization gap (Sec. 3.1, Table 6), written ``(1/2)(L_V - L_B)^2`` in the paper (per the paper's
-public abstract pages); ``beta`` is learned by Adam with an "exponential learning rate scheduler" and
-initial lr 1e-4 (Sec. 4.1, Tables 10-12; the decay factor is not legible there, ``beta_lr_decay`` is ours);
+generalization gap (Sec. 3.1, Table 6), ``(1/2)(L_V - L_B)^2`` as public summaries of the paper quote
+it (sciencestack.ai, themoonlight.io; the factor only rescales the hypergradient, which Adam undoes);
+``beta`` is learned by Adam with an "exponential learning rate scheduler" and initial lr 1e-4 (Sec. 4.1,
+Tables 10-12; the decay factor is not legible there, ``beta_lr_decay`` is ours);
 validation batches are sampled from the training set (Sec. 4.1, following [34]); ``w+`` is one SAM step
 (eq. 4) or one ASAM step (eq. 8); and eq. 5 replaces the Hessian in ``dw+/drho`` by "a first-order
 derivative", following Bottou et al. (2018) and Khan et al. (2018, Vadam). The notation section introduces

@@ -14,6 +14,13 @@ with the scheduling function ``p_t`` (``prob_schedule``; ``T`` the run's total s
 * ``linear``:   ``p_t = prob_start + (prob - prob_start) t / T``,
 * ``cosine``:   ``p_t = prob + (prob_start - prob) (1 + cos(pi t / T)) / 2``.
 
+Source and how far it goes. The paper (arXiv:2203.09962, first circulated as "SS-SAM: Stochastic
+Scheduled Sharpness-Aware Minimization", Zhao, Zhang, Hu 2022) is not in the seeds and no code by the
+authors was found. What is certain (the paper's abstract and AE-SAM's Sec. 1, which describes it): every
+step draws SAM or ERM by a Bernoulli trial whose probability follows a scheduling function. The three
+schedules here are ours (the constant one is LETS's RST baseline, ``p = 0.5``); the paper's own set of
+scheduling functions could not be re-checked.
+
 The draws come from the optimizer's own generator (seeded by the trainer with the run's seed, saved in
 ``state_dict()``, one uniform per step whatever ``p_t``), so a resumed run draws the same sequence and
 every DDP replica takes the same decision. ``prob = 0`` is the base optimizer exactly; ``prob = 1`` is SAM.
