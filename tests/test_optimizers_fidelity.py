@@ -300,3 +300,46 @@ def test_unknown_exempt_and_grouping_are_one_line_errors():
         build_optimizer("asam", nn.Linear(2, 1).parameters(), exempt="weights")
     with pytest.raises(ValueError, match="grouping"):
         build_optimizer("ga_sam", nn.Linear(2, 1).parameters(), grouping="layer")
+
+
+# ------------------------------------------------------------------ the geometry's new arguments
+def test_geometry_exempt_mask_and_groups_by_hand():
+    """``exempt`` replaces the 1-D rule; ``groups`` pools ||w_i||, ||g_i|| and n_i over a group."""
+    from landscape.geometry import Geometry
+
+    torch.manual_seed(0)
+    w = [torch.randn(3, 2, dtype=torch.float64), torch.randn(3, dtype=torch.float64),
+         torch.randn(3, dtype=torch.float64)]
+    g = [torch.randn_like(t) for t in w]
+    el = Geometry(normalization="element", eta=0.01, exclude="unscaled")
+    s = el.scaling(w, exempt=[False, False, True])
+    assert torch.equal(s.factors[1], w[1].abs() + 0.01) and s.factors[2] is None
+    assert el.scaling(w).factors[1] is None  # default: every 1-D tensor exempt
+    ga = Geometry(normalization="gradient")
+    s = ga.scaling(w, g, groups=[0, 0, 1])
+    n = sum(t.numel() for t in w)
+    g01 = torch.cat([g[0].reshape(-1), g[1]])
+    for i, (num, gn) in enumerate([(9, g01.norm()), (9, g01.norm()), (3, g[2].norm())]):
+        assert float(s.factors[i]) == pytest.approx(math.sqrt(num) / (float(gn) * math.sqrt(n)), rel=1e-14)
+    wg = Geometry(normalization="weight_gradient").scaling(w, g, groups=[0, 0, 1])
+    w01 = torch.cat([w[0].reshape(-1), w[1]])
+    assert float(wg.factors[0]) == pytest.approx(float(w01.norm() / g01.norm()), rel=1e-14)
+    plain = ga.scaling(w, g)
+    assert all(torch.equal(a, b) for a, b in zip(plain.factors, ga.scaling(w, g, groups=[0, 1, 2]).factors))
+    with pytest.raises(ValueError, match="exempt mask"):
+        el.scaling(w, exempt=[True])
+
+
+def test_trainer_passes_parameter_names(tmp_path):
+    """The trainer builds the optimizer from ``named_parameters()``: ASAM's bias-only rule applies, no warning."""
+    from optimizers.config import TrainConfig
+    from optimizers.trainer import Trainer
+
+    config = TrainConfig(model="tests.fixtures:tiny_mlp", data="tests.fixtures:blobs", epochs=1, batch_size=16,
+                         lr=0.1, seed=3, eval_batch_size=32, optimizer="asam", steps=1)
+    trainer = Trainer(config, tmp_path / "a.pt", progress=False)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*parameter names unknown")
+        trainer.run()
+    names = [n for n, _ in trainer.model.named_parameters()]
+    assert sorted(trainer.optimizer.param_names.values()) == sorted(names)
