@@ -174,7 +174,9 @@ class GSAM(SAM):
 ASAMAscent = preset(
     GSAM, "ASAMAscent",
     """ASAM+ascent (GSAM paper Sec. 6.5): GSAM whose perturbation is ASAM's (``T = |w| + eta`` element-wise,
-    biases unscaled), with rho 10x GSAM's as the papers recommend for ASAM.""",
+    biases unscaled), with rho 10x GSAM's as the papers recommend for ASAM. The GSAM authors' code
+    (github.com/juntang-zhuang/GSAM, ``gsam/gsam.py``, ``adaptive=True``) uses ``T = |w|`` on every tensor,
+    biases included, without ``eta``: ``eta=0, exclude="none"`` here.""",
     rho_max=0.4, rho_min=0.2, normalization="element", eta=0.01, exclude="unscaled", exempt="bias")
 
 register_optimizer("gsam")(GSAM)

@@ -16,10 +16,12 @@ with the scheduling function ``p_t`` (``prob_schedule``; ``T`` the run's total s
 
 Source and how far it goes. The paper (arXiv:2203.09962, first circulated as "SS-SAM: Stochastic
 Scheduled Sharpness-Aware Minimization", Zhao, Zhang, Hu 2022) is not in the seeds and no code by the
-authors was found. What is certain (the paper's abstract and AE-SAM's Sec. 1, which describes it): every
-step draws SAM or ERM by a Bernoulli trial whose probability follows a scheduling function. The three
-schedules here are ours (the constant one is LETS's RST baseline, ``p = 0.5``); the paper's own set of
-scheduling functions could not be re-checked.
+authors was found. What is certain (the paper's abstract, its ICLR 2023 submission and AE-SAM's Sec. 1):
+every step draws SAM or ERM by a Bernoulli trial whose probability follows a predefined scheduling
+function, and the paper studies four kinds of them - constant, piecewise, linear and trigonometric
+(as the SS-SAM preprint was reported). Here: constant (LETS's RST baseline uses ``p = 0.5``), linear and
+cosine (a trigonometric one), parametrized by us; the piecewise kind, the paper's exact parametrizations
+and its generalization G-RST are not implemented or checked.
 
 The draws come from the optimizer's own generator (seeded by the trainer with the run's seed, saved in
 ``state_dict()``, one uniform per step whatever ``p_t``), so a resumed run draws the same sequence and
