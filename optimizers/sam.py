@@ -1,6 +1,6 @@
 """SAM and ASAM: descend with the gradient at the worst nearby point.
 
-SAM (Foret et al. 2021) and ASAM (Kwon et al. 2021, eq. 3 and Sec. 4)::
+SAM (Foret et al. 2021) and ASAM (Kwon et al. 2021, Sec. 4 and Alg. 1)::
 
     e_t     = argmax_{||T^{-1} e||_p <= rho} e . g_t            (landscape.geometry.Geometry.ascent)
             = rho T^2 g_t / ||T g_t||_2                          (p = 2)
@@ -9,16 +9,18 @@ SAM (Foret et al. 2021) and ASAM (Kwon et al. 2021, eq. 3 and Sec. 4)::
 with ``T = 1`` for SAM and ``T = |w| + eta`` (element) or the filter-wise operator for ASAM.
 
 Sources. SAM: Foret et al., ICLR 2021, eqs. 2-3 and Alg. 1. ASAM: Kwon et al., ICML 2021 (asam.txt),
-eq. 3 (the element-wise/filter-wise ``T`` of eqs. 4-5, ``T + eta I`` for stability) and Sec. 4: "diagonal
-elements of T_w corresponding to biases must be replaced by constants", i.e. ``T = 1`` on biases only,
-the setting of all their experiments ("not to employ bias normalization", Sec. 5.1). The authors' code
-(github.com/SamsungLabs/ASAM, ``asam.py``, ``ASAM.ascent_step``) scales every parameter whose name contains
-``weight`` - BatchNorm/LayerNorm scales included - and nothing else; on standard layers that is the
-paper's rule. ``exempt`` says which tensors ``exclude`` acts on: ``"bias"`` (ASAM's default: tensors whose
-name's last component ends in ``bias``; needs the parameter names, i.e. ``model.named_parameters()``,
-which the trainer passes; given bare tensors it falls back to ``"1d"`` with a warning) or ``"1d"`` (every
-tensor with at most one dimension: biases *and* normalization-layer scales, this project's earlier rule).
-With a LayerNorm the two differ (one float64 step of the LayerNorm toy in the tests by 2.3e-4).
+Sec. 4, eq. 7 and Alg. 1, with the element-wise/filter-wise ``T`` of Sec. 3 (eq. 5; ``T + eta I`` for
+stability), and Sec. 3: "diagonal elements of T_w corresponding to biases must be replaced by constants",
+i.e. ``T = 1`` on biases only, the setting of all their experiments ("not to employ bias normalization",
+Sec. 5.2). The authors' code (github.com/SamsungLabs/ASAM, ``asam.py``, ``ASAM.ascent_step``) scales
+every parameter whose name contains ``weight`` - BatchNorm/LayerNorm scales included - and nothing
+else; on standard layers that is the paper's rule. ``exempt`` says which tensors ``exclude`` acts on:
+``"bias"`` (ASAM's default: tensors whose name's last component ends in ``bias``; needs the parameter
+names, i.e. ``model.named_parameters()``, which the trainer passes; given bare tensors it falls back to
+``"1d"`` with a warning) or ``"1d"`` (every tensor with at most one dimension: biases *and*
+normalization-layer scales, this project's earlier rule). With a LayerNorm the two differ (one float64
+step of the LayerNorm toy in the tests by 2.3e-4).
+
 :class:`SAM` is also the base of the family: subclasses change the radius
 (:meth:`SAM.radius`), the perturbation (:meth:`SAM.perturbation`) or the step itself
 (:meth:`SAM.compute_gradients`).
@@ -205,7 +207,7 @@ class SAM(ClosureOptimizer):
 ASAM = preset(
     SAM, "ASAM",
     """Adaptive SAM (Kwon et al. 2021): ``T = |w| + eta`` element-wise (or filter-wise), biases unscaled
-    (Sec. 4; ``exempt="1d"`` also leaves normalization-layer scales unscaled), ``rho = 0.5`` (the paper's
+    (Sec. 3; ``exempt="1d"`` also leaves normalization-layer scales unscaled), ``rho = 0.5`` (the paper's
     CIFAR-10 setting).""",
     rho=0.5, normalization="element", eta=0.01, exclude="unscaled", exempt="bias")
 
