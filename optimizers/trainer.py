@@ -96,7 +96,7 @@ class Trainer:
             forward_model = torch.compile(forward_model)
         base = self.config.base
         self.optimizer: ClosureOptimizer = build_optimizer(
-            c.optimizer, self.model.parameters(), base=base,
+            c.optimizer, self.model.named_parameters(), base=base,
             base_kwargs=c.base_kwargs(base or ("adamw" if c.optimizer == "adamw" else "sgd")),
             max_grad_norm=c.grad_clip, **c.hparams)
         for group in self.optimizer.param_groups:
