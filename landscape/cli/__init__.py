@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 COMMANDS = ["demo", "train", "info", "analyze", "plot1d", "plot2d", "compare", "shift", "study"]
 
@@ -18,16 +18,27 @@ class UserError(Exception):
     """An error caused by the user's input; reported in one line."""
 
 
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (argparse prints the whole usage first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from landscape import __version__
 
-    parser = argparse.ArgumentParser(
+    from landscape.cli.ranges import constrain
+
+    parser = Parser(
         prog="landscape",
         description="Train with the sharpness-aware optimizer family and measure the geometry of the minima.")
     parser.add_argument("--version", action="version", version=f"landscape {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         importlib.import_module(f"landscape.cli.{name}").add_parser(sub)
+    for p in sub.choices.values():
+        constrain(p)
     return parser
 
 
@@ -38,8 +49,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from optimizers.trainer import TrainingDiverged
     except ImportError:  # pragma: no cover
         TrainingDiverged = RuntimeError  # type: ignore[misc,assignment]
+    from landscape.cli.ranges import check_pairs
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    unordered = check_pairs(args)
+    if unordered:
+        parser.exit(2, f"landscape {args.command}: error: {unordered}\n")
     from landscape.distributed import process_group
 
     try:
@@ -49,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"landscape: diverged: {e}", file=sys.stderr)
         return 3
     except (UserError, CheckpointError, ValueError, KeyError, FileNotFoundError, IsADirectoryError,
-            PermissionError) as e:
+            NotADirectoryError, FileExistsError, PermissionError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         print(f"landscape: error: {' '.join(str(msg).split())}", file=sys.stderr)
         return 2

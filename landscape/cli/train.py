@@ -79,27 +79,36 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> "TrainConfig":  # noqa: F821
+    """The configuration of ``--config`` updated by the flags, validated: a bad value is a one-line error
+    naming its flag (``--epochs``) or its place in the TOML file (``epochs in run.toml``)."""
     from optimizers.config import TrainConfig
 
     values: dict[str, Any] = {}
+    flags: set[str] = set()  # options set by a flag (hyper-parameters as "hparams.NAME")
     if args.config is not None:
         values.update(_read_toml(args.config))
     for key in ("model", "data", "optimizer", "base", "nesterov", "compile", "log_steps", *_CONFIG_FLAGS):
         v = getattr(args, key)
         if v is not None:
             values[key] = v
+            flags.add(key)
     if args.model_arg:
         values["model_kwargs"] = {**values.get("model_kwargs", {}), **parse_assignments(args.model_arg, "--model-arg")}
     if args.data_arg:
         values["data_kwargs"] = {**values.get("data_kwargs", {}), **parse_assignments(args.data_arg, "--data-arg")}
     hps = {k[3:]: v for k, v in vars(args).items() if k.startswith("hp_") and v is not None}
     if hps:
+        if not isinstance(values.get("hparams", {}), dict):
+            raise ValueError(f"hparams in {args.config} must be a table ([hparams]), got {values['hparams']!r}")
         values["hparams"] = {**values.get("hparams", {}), **hps}
-    config = TrainConfig.from_dict(values)
-    from optimizers import resolve_hparams
+        flags.update(f"hparams.{k}" for k in hps)
 
-    resolve_hparams(config.optimizer, config.hparams)  # unknown hyper-parameters fail before training
-    return config
+    def label(name: str) -> str:
+        if name in flags:
+            return "--" + name.removeprefix("hparams.").replace("_", "-")
+        return f"{name} in {args.config}" if args.config is not None else name
+
+    return TrainConfig.from_dict(values, label=label)  # unknown hyper-parameters fail before training
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -107,10 +116,14 @@ def _read_toml(path: Path) -> dict[str, Any]:
         import tomllib
     else:  # pragma: no cover
         import tomli as tomllib
+    if path.is_dir():
+        raise ValueError(f"--config {path} is a directory, not a TOML file")
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)
-    except tomllib.TOMLDecodeError as e:
+    except FileNotFoundError:
+        raise ValueError(f"--config {path}: no such file") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: invalid TOML ({e})") from e
 
 
