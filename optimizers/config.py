@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from landscape.cli.ranges import Range
+
 
 @dataclass
 class TrainConfig:
@@ -94,9 +96,9 @@ class TrainConfig:
         if len(self.betas) != 2:
             raise ValueError(f"{label('betas')} must be two numbers, got {list(self.betas)!r}")
         for v in self.betas:
-            _check_number(v, float, (0.0, False, 1.0, True), False, label("betas"))
+            _check_number(v, float, Range(0.0, hi=1.0, hi_open=True), False, label("betas"))
         for v in self.milestones:
-            _check_number(v, float, (0.0, False, 1.0, False), False, label("milestones"))
+            _check_number(v, float, Range(0.0, hi=1.0), False, label("milestones"))
         check_hparams(self.optimizer, self.hparams, lambda k: label(f"hparams.{k}"))
         self._build_optimizer_once()
         return self
@@ -125,53 +127,38 @@ class TrainConfig:
 
 AMP = ("auto", "none", "bf16", "fp16")
 
-_Range = tuple  # (lo, lo_open, hi, hi_open); None: unbounded
-_RULES: dict[str, tuple[type, _Range, bool]] = {
-    # name: (int or float, range, None allowed)
-    "lr": (float, (0.0, False, None, False), False),
-    "momentum": (float, (0.0, False, 1.0, True), False),
-    "weight_decay": (float, (0.0, False, None, False), False),
-    "adam_eps": (float, (0.0, False, None, False), False),
-    "epochs": (int, (1, False, None, False), False),
-    "steps": (int, (1, False, None, False), True),
-    "batch_size": (int, (1, False, None, False), False),
-    "eval_batch_size": (int, (1, False, None, False), False),
-    "warmup_steps": (int, (0, False, None, False), False),
-    "min_lr_factor": (float, (0.0, False, 1.0, False), False),
-    "gamma": (float, (0.0, True, None, False), False),
-    "label_smoothing": (float, (0.0, False, 1.0, True), False),
-    "grad_clip": (float, (0.0, True, None, False), True),
-    "accum_steps": (int, (1, False, None, False), False),
-    "seed": (int, (0, False, 2**32, True), False),
-    "checkpoint_every": (int, (0, False, None, False), False),
-    "save_every_steps": (int, (0, False, None, False), False),
-    "stop_train_acc": (float, (0.0, False, 1.0, False), True),
-    "stop_train_loss": (float, (0.0, False, None, False), True),
+_RULES: dict[str, tuple[type, Range, bool]] = {
+    # name: (int or float, accepted range, None allowed)
+    "lr": (float, Range(0.0), False),
+    "momentum": (float, Range(0.0, hi=1.0, hi_open=True), False),
+    "weight_decay": (float, Range(0.0), False),
+    "adam_eps": (float, Range(0.0), False),
+    "epochs": (int, Range(1), False),
+    "steps": (int, Range(1), True),
+    "batch_size": (int, Range(1), False),
+    "eval_batch_size": (int, Range(1), False),
+    "warmup_steps": (int, Range(0), False),
+    "min_lr_factor": (float, Range(0.0, hi=1.0), False),
+    "gamma": (float, Range(0.0, lo_open=True), False),
+    "label_smoothing": (float, Range(0.0, hi=1.0, hi_open=True), False),
+    "grad_clip": (float, Range(0.0, lo_open=True), True),
+    "accum_steps": (int, Range(1), False),
+    "seed": (int, Range(0, hi=2**32, hi_open=True), False),
+    "checkpoint_every": (int, Range(0), False),
+    "save_every_steps": (int, Range(0), False),
+    "stop_train_acc": (float, Range(0.0, hi=1.0), True),
+    "stop_train_loss": (float, Range(0.0), True),
 }
-"""Numeric training options: type, accepted range ``(lo, lo_open, hi, hi_open)``, and whether None is allowed."""
+"""Numeric training options: type, accepted range, and whether None (unset) is allowed."""
 
 
-def _range_text(rng: _Range) -> str:
-    lo, lo_open, hi, hi_open = rng
-    num = (lambda v: "2**32" if v == 2**32 else f"{v:g}")
-    if lo is not None and hi is not None:
-        return f"in {'(' if lo_open else '['}{num(lo)}, {num(hi)}{')' if hi_open else ']'}"
-    if lo is not None:
-        return f"{'>' if lo_open else '>='} {num(lo)}"
-    return f"{'<' if hi_open else '<='} {num(hi)}" if hi is not None else "finite"
-
-
-def _check_number(value: Any, kind: type, rng: _Range, optional: bool, name: str) -> None:
+def _check_number(value: Any, kind: type, rng: Range, optional: bool, name: str) -> None:
     """``value`` is an int (``kind`` int) or a real number (``kind`` float), finite, within ``rng``."""
     if value is None and optional:
         return
-    what = f"{'an integer' if kind is int else 'a number'} {_range_text(rng)}" + (" (or unset)" if optional else "")
+    what = f"{'an integer' if kind is int else 'a number'} {rng.text()}" + (" (or unset)" if optional else "")
     ok_type = isinstance(value, int) if kind is int else isinstance(value, (int, float))
-    if isinstance(value, bool) or not ok_type or not math.isfinite(value):
-        raise ValueError(f"{name} must be {what}, got {value!r}")
-    lo, lo_open, hi, hi_open = rng
-    if (lo is not None and (value <= lo if lo_open else value < lo)) or \
-            (hi is not None and (value >= hi if hi_open else value > hi)):
+    if isinstance(value, bool) or not ok_type or not math.isfinite(value) or value not in rng:
         raise ValueError(f"{name} must be {what}, got {value!r}")
 
 

@@ -110,8 +110,9 @@ def test_cli_errors(tmp_path, capsys):
     assert main(["study", str(tmp_path / "missing.toml")]) == 2
     assert "No such file" in capsys.readouterr().err
     path = write(tmp_path, BASE)
-    assert main(["study", str(path), "--min-train-acc", "2"]) == 2
-    assert "min_train_acc must be in [0, 1]" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # checked as the command line is parsed
+        main(["study", str(path), "--min-train-acc", "2"])
+    assert e.value.code == 2 and "--min-train-acc: must be in [0, 1], got '2'" in capsys.readouterr().err
     assert main(["study", str(path), "--workers", "0"]) == 2
     assert main(["study", str(path), "--dry-run", "--out", str(tmp_path / "o")]) == 0
     out = capsys.readouterr().out

@@ -259,7 +259,10 @@ def compute(args: argparse.Namespace, dims: int, tag: str) -> tuple[Any, str]:
     compute (or resume) the surface. Returns ``(surface, stem)``."""
     from landscape.landscapes.surface import compute_surface
 
+    from landscape.cli.guards import check_weights
+
     ckpt, model, data = open_from_args(args)
+    check_weights(ckpt, args)
     device = setup_device(args)
     objs = objectives(model, data, args, device)
     train = objs.get("train") or objectives(model, data, args, device, ["train"])["train"]

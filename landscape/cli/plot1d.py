@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from landscape.cli import landscape_args as A
+from landscape.cli.guards import add_nonfinite_flag
 from landscape.cli.common import add_entry_point_args
 
 
@@ -19,6 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     A.add_evaluation_args(p)
     A.add_output_args(p)
     add_entry_point_args(p)
+    add_nonfinite_flag(p)
     p.set_defaults(func=run)
 
 
