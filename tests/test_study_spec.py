@@ -113,7 +113,9 @@ def test_cli_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:  # checked as the command line is parsed
         main(["study", str(path), "--min-train-acc", "2"])
     assert e.value.code == 2 and "--min-train-acc: must be in [0, 1], got '2'" in capsys.readouterr().err
-    assert main(["study", str(path), "--workers", "0"]) == 2
+    with pytest.raises(SystemExit):
+        main(["study", str(path), "--workers", "0"])
+    assert "--workers: must be an integer >= 1, got '0'" in capsys.readouterr().err
     assert main(["study", str(path), "--dry-run", "--out", str(tmp_path / "o")]) == 0
     out = capsys.readouterr().out
     assert "32 runs: 32 pending" in out and "sam(rho=0.01) lr=0.1 dropout=0.25 seed=1" in out
