@@ -82,6 +82,14 @@ class TrainConfig:
         for name in ("model", "data", "device"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ValueError(f"{label(name)} must be a non-empty string, got {getattr(self, name)!r}")
+        if self.device != "auto":
+            import torch
+
+            try:
+                torch.device(self.device)
+            except (RuntimeError, ValueError):
+                raise ValueError(f"{label('device')} must be auto, cpu, cuda, cuda:N or mps, "
+                                 f"got {self.device!r}") from None
         for name in ("model_kwargs", "data_kwargs", "hparams"):
             value = getattr(self, name)
             if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):

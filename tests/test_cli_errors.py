@@ -195,6 +195,40 @@ def test_demo_out_dir_on_a_file(tmp_path, capsys):
     assert f.read_text() == "keep me"
 
 
+@pytest.mark.parametrize("argv, needles", [
+    (["analyze", "GOOD", "--json", "FOLDER"], ["--json", "is a folder; name a file"]),
+    (["analyze", "GOOD", "--json", "AFILE/r.json"], ["--json", "is a file, not a folder"]),
+    (["analyze", "GOOD", "--html", "AFILE/r.html"], ["--html", "is a file, not a folder"]),
+    (["plot2d", "GOOD", "--out", "AFILE/stem"], ["--out", "is a file, not a folder"]),
+    (["train", "--out", "FOLDER"], ["--out", "is a folder"]),
+    (["train", "--out", "AFILE/x.pt"], ["--out", "is a file, not a folder"]),
+    (["study", "AFILE", "--out", "AFILE"], ["--out"]),
+    (["study", "MISSING"], ["no such file"]),
+    (["study", "GOOD"], ["not a TOML text file"]),
+    (["analyze", "GOOD", "--device", "bogus"], ["--device 'bogus' is not a device"]),
+    (["analyze", "GOOD", "--device", "cuda:99"], ["--device cuda:99"]),
+    (["train", "--out", "x.pt", "--device", "gpu0"], ["--device", "is not a device"]),
+])
+def test_output_paths_and_devices_checked_first(files, argv, needles, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "afile").write_text("keep")
+    subst = {"GOOD": files["good"], "FOLDER": "folder", "AFILE": "afile", "MISSING": "missing.toml"}
+    argv = [subst.get(a, a.replace("AFILE", "afile")) for a in argv]
+    code, _, err = invoke(argv, capsys)
+    assert_one_line_error(code, err, *needles)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "folder"]
+    assert not any((tmp_path / "folder").iterdir())
+    assert (tmp_path / "afile").read_text() == "keep"
+
+
+def test_config_device_checked(tmp_path, capsys):
+    cfg = tmp_path / "run.toml"
+    cfg.write_text('device = "gpu0"\n')
+    code, _, err = invoke(["train", "--out", tmp_path / "x.pt", "--config", cfg], capsys)
+    assert_one_line_error(code, err, f"device in {cfg} must be auto, cpu, cuda, cuda:N or mps, got 'gpu0'")
+
+
 # --------------------------------------------------------------------------- files
 @pytest.mark.parametrize("kind, needle", [
     ("missing", "no such file"), ("folder", "is a directory, not a checkpoint file"),

@@ -108,7 +108,7 @@ def test_validation_errors_are_one_line_and_exit_2(tmp_path, capsys, edit, messa
 
 def test_cli_errors(tmp_path, capsys):
     assert main(["study", str(tmp_path / "missing.toml")]) == 2
-    assert "No such file" in capsys.readouterr().err
+    assert "missing.toml: no such file" in capsys.readouterr().err
     path = write(tmp_path, BASE)
     with pytest.raises(SystemExit) as e:  # checked as the command line is parsed
         main(["study", str(path), "--min-train-acc", "2"])

@@ -60,6 +60,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         with process_group():
+            from landscape.cli.guards import check_outputs
+
+            check_outputs(args)
             return int(args.func(args) or 0)
     except TrainingDiverged as e:
         print(f"landscape: diverged: {e}", file=sys.stderr)

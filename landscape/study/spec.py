@@ -138,6 +138,10 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise StudyError(f"{path}: invalid TOML ({' '.join(str(e).split())})") from e
     except IsADirectoryError as e:
         raise StudyError(f"{path}: is a directory, expected a study file (TOML)") from e
+    except FileNotFoundError as e:
+        raise StudyError(f"{path}: no such file") from e
+    except UnicodeDecodeError as e:
+        raise StudyError(f"{path}: not a TOML text file ({e.reason})") from e
 
 
 def load_study(path: str | Path) -> Study:
