@@ -391,3 +391,15 @@ def test_cli_fuzz(files, tmp_path, capsys, monkeypatch):
     assert runs >= 250
     assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in inputs} == digest
     assert not (tmp_path / "never.pt").exists() and not (tmp_path / "pwned").exists()
+
+
+def test_every_method_hyper_parameter_has_help_and_defaults():
+    from landscape.cli.train import HPARAM_HELP, hparam_help
+    from optimizers import available_optimizers, optimizer_hparams
+
+    taken = {hp: [m for m in available_optimizers() if hp in optimizer_hparams(m)]
+             for m in available_optimizers() for hp in optimizer_hparams(m)}
+    assert set(HPARAM_HELP) == set(taken), "describe every hyper-parameter in HPARAM_HELP"
+    assert hparam_help("rho", taken["rho"]).startswith("perturbation radius [default: ")
+    assert "0.05 for ae_sam, esam" in hparam_help("rho", taken["rho"]) and "0.5 for asam, lets_asam" in \
+        hparam_help("rho", taken["rho"])

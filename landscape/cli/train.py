@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -74,8 +75,58 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         if hp in _CONFIG_FLAGS or hp in {"model", "data", "optimizer", "base", "nesterov", "compile", "config"}:
             raise RuntimeError(f"optimizer hyper-parameter {hp!r} collides with a training flag")
         g.add_argument(f"--{hp.replace('_', '-')}", dest=f"hp_{hp}", type=parse_value, default=None,
-                       metavar="V", help=f"({', '.join(methods)})")
+                       metavar="V", help=hparam_help(hp, methods))
     p.set_defaults(func=run)
+
+
+HPARAM_HELP = {
+    "rho": "perturbation radius",
+    "p": "norm of the perturbation ball: 2 or inf",
+    "normalization": "operator T of the ball (landscape.geometry): none, element, filter, layer, layer_rms, "
+                     "gradient, ...",
+    "eta": "eta added to T (ASAM's |w| + eta)",
+    "exclude": "biases and norm layers: none, unscaled (by T), unperturbed",
+    "sync_perturbation": "all-reduce the ascent gradient under DDP (true/false)",
+    "alpha": "gsam/asam_ascent: ascent coefficient on g_perp; looksam: weight of the reused sharpness direction; "
+             "gnr: weight of the gradient-norm penalty",
+    "rho_max": "radius at the largest lr of the schedule",
+    "rho_min": "radius at the smallest lr of the schedule",
+    "ascent_steps": "ascent steps K of the perturbation",
+    "step_size": "ascent step size (null: 1.5 rho / K)",
+    "single_step": "the single-step ablation (true/false)",
+    "start_epoch": "first epoch with perturbations",
+    "beta_lr": "Adam lr of the learned log-radius beta = log rho",
+    "beta_lr_decay": "per-step decay factor of beta_lr",
+    "val_fraction": "fraction of the training set held out for validation batches (0: draw them from all of it)",
+    "c_start": "threshold c_t at the first step (SAM when ||g||^2 >= mu + c_t sigma)",
+    "c_end": "threshold c_t at the last step",
+    "ema_decay": "decay of the running mean and variance of ||g||^2",
+    "swp_prob": "probability that a tensor is perturbed (stochastic weight perturbation)",
+    "sds_fraction": "fraction of the batch kept for the second pass (sharpness-sensitive data selection)",
+    "prob": "probability of a SAM step (the final one for linear and cosine schedules)",
+    "prob_start": "probability of a SAM step at the start (linear and cosine schedules)",
+    "prob_schedule": "schedule of the SAM probability: constant, linear, cosine",
+    "k": "period of the SAM steps",
+    "per_tensor": "norms per parameter tensor instead of global (true/false)",
+    "hvp": "Hessian-vector products: exact (double backward), forward or central (finite differences)",
+    "fd_radius": "radius of the finite-difference HVP",
+    "gnr_fraction": "fraction of the steps that are GNR steps",
+    "oracle": "the loss term: loss, weight_decay (plus an L2 term) or sam",
+    "oracle_decay": "L2 coefficient of the weight_decay oracle",
+    "oracle_rho": "radius of the sam oracle",
+}
+"""What each method hyper-parameter (a ``--NAME`` flag of ``train``) means."""
+
+
+def hparam_help(hp: str, methods: list[str]) -> str:
+    """``--help`` text of hyper-parameter ``hp``: its meaning and its default for each method taking it."""
+    from optimizers import optimizer_hparams
+
+    by_default: dict[str, list[str]] = {}
+    for m in methods:
+        by_default.setdefault(json.dumps(optimizer_hparams(m)[hp]), []).append(m)
+    defaults = "; ".join(f"{d} for {', '.join(ms)}" for d, ms in by_default.items())
+    return f"{HPARAM_HELP.get(hp, hp)} [default: {defaults}]"
 
 
 def config_from_args(args: argparse.Namespace) -> "TrainConfig":  # noqa: F821
