@@ -403,3 +403,12 @@ def test_every_method_hyper_parameter_has_help_and_defaults():
     assert hparam_help("rho", taken["rho"]).startswith("perturbation radius [default: ")
     assert "0.05 for ae_sam, esam" in hparam_help("rho", taken["rho"]) and "0.5 for asam, lets_asam" in \
         hparam_help("rho", taken["rho"])
+
+
+def test_nonfinite_surface_is_noted_and_info_names_the_tensor(files, capsys, tmp_path):
+    code, out, err = invoke(["plot1d", files["nan"], "--allow-nonfinite", "--xpoints", "3", "--subset", "32",
+                             "--quiet", "--no-html", "--out", tmp_path / "c"], capsys)
+    assert code == 0, err
+    assert "note: train_loss is not finite (NaN or inf) at 3 of 3 grid points; the plots leave them blank" in out
+    code, out, _ = invoke(["info", files["nan"], "--json"], capsys)
+    assert code == 0 and json.loads(out)["nonfinite_weights"] == ["net.3.weight"]

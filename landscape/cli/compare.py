@@ -267,6 +267,10 @@ def compare(args: argparse.Namespace) -> dict[str, Any] | None:
                                      curves=drawn.curves, surfaces=drawn.surfaces,
                                      interpolations=drawn.interpolations, log=args.log)))
         summary["html"] = files[-1]
+    notes = [n for o, s in zip(opened, drawn.surfaces) for n in A.nonfinite_notes(s, f"{o.label}: ")]
+    notes += [n for name, s in drawn.interpolations for n in A.nonfinite_notes(s, f"{name}: ")]
+    if notes:
+        summary["notes"] = notes
     atomic_write_json(f"{stem}.json", summary)
     return {**summary, "files": files, "reports": reports}
 
@@ -275,6 +279,8 @@ def run(args: argparse.Namespace) -> int:
     summary = compare(args)
     if summary is not None:
         print_summary(summary)
+        for note in summary.get("notes", []):
+            print(note)
         print("wrote " + " ".join(summary["files"]))
     return 0
 

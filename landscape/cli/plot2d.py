@@ -48,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
         from landscape.landscapes.interactive import surface_html
 
         paths.append(surface_html(surface, f"{stem}.html", metric=metric, log=args.log))
+    for note in A.nonfinite_notes(surface):
+        print(note)
     centre = A.centre(surface)
     if centre:
         print("at the checkpoint: " + ", ".join(f"{k} {v:.6g}" for k, v in centre.items()))
