@@ -85,7 +85,8 @@ def files(tmp_path_factory) -> dict[str, str]:
 # --------------------------------------------------------------------------- option values
 @pytest.mark.parametrize("argv, needles", [
     (["--optimizer", "sam", "--rho", "abc"], ["--rho", "'abc'"]),
-    (["--optimizer", "sam", "--rho", "nan"], ["--rho", "'nan'"]),
+    (["--optimizer", "sam", "--rho", "nan"], ["--rho", "finite"]),
+    (["--optimizer", "sam", "--rho", "inf"], ["--rho", "finite"]),
     (["--optimizer", "sam", "--rho", "NaN"], ["--rho", "finite"]),
     (["--optimizer", "sam", "--rho", "-1"], ["rho must be >= 0"]),
     (["--optimizer", "looksam", "--k", "2.5"], ["--k", "integer"]),
@@ -140,6 +141,10 @@ def test_train_config_validate_every_rule():
         with pytest.raises((ValueError, KeyError)):
             TrainConfig.from_dict(bad)
     assert TrainConfig.from_dict({"optimizer": "ga_sam", "hparams": {"p": float("inf")}}).hparams["p"] == float("inf")
+    from landscape.cli.train import config_from_args
+
+    args = build_parser().parse_args(["train", "--out", "x.pt", "--optimizer", "sam", "--p", "inf"])
+    assert config_from_args(args).hparams == {"p": float("inf")}
     with pytest.raises(ValueError, match="X rho"):
         TrainConfig.from_dict({"optimizer": "sam", "hparams": {"rho": "a"}}, label=lambda k: f"X {k[8:]}")
 

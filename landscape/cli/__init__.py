@@ -27,7 +27,6 @@ class Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from landscape import __version__
-
     from landscape.cli.ranges import constrain
 
     parser = Parser(

@@ -74,14 +74,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     for hp, methods in sorted(seen.items()):
         if hp in _CONFIG_FLAGS or hp in {"model", "data", "optimizer", "base", "nesterov", "compile", "config"}:
             raise RuntimeError(f"optimizer hyper-parameter {hp!r} collides with a training flag")
-        g.add_argument(f"--{hp.replace('_', '-')}", dest=f"hp_{hp}", type=parse_value, default=None,
+        g.add_argument(f"--{hp.replace('_', '-')}", dest=f"hp_{hp}", type=hparam_value, default=None,
                        metavar="V", help=hparam_help(hp, methods))
     p.set_defaults(func=run)
 
 
 HPARAM_HELP = {
     "rho": "perturbation radius",
-    "p": "norm of the perturbation ball: 2 or inf",
+    "p": "norm of the perturbation ball, > 1: 2 or inf in the papers",
     "normalization": "operator T of the ball (landscape.geometry): none, element, filter, layer, layer_rms, "
                      "gradient, ...",
     "eta": "eta added to T (ASAM's |w| + eta)",
@@ -116,6 +116,17 @@ HPARAM_HELP = {
     "oracle_rho": "radius of the sam oracle",
 }
 """What each method hyper-parameter (a ``--NAME`` flag of ``train``) means."""
+
+
+def hparam_value(text: str) -> Any:
+    """A hyper-parameter's value: JSON (``0.05``, ``true``, ``null``), ``inf``/``nan`` as floats, else text."""
+    if text.strip().lower() in ("inf", "+inf", "-inf", "infinity", "+infinity", "-infinity", "nan"):
+        return float(text)
+    return parse_value(text)
+
+
+hparam_value.__name__ = "value"
+hparam_value.checked = True  # type: ignore[attr-defined]  # by TrainConfig.validate, per method (p may be inf)
 
 
 def hparam_help(hp: str, methods: list[str]) -> str:
