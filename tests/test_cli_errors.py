@@ -417,3 +417,16 @@ def test_nonfinite_surface_is_noted_and_info_names_the_tensor(files, capsys, tmp
     assert "note: train_loss is not finite (NaN or inf) at 3 of 3 grid points; the plots leave them blank" in out
     code, out, _ = invoke(["info", files["nan"], "--json"], capsys)
     assert code == 0 and json.loads(out)["nonfinite_weights"] == ["net.3.weight"]
+
+
+def test_resume_point_is_announced(tmp_path):
+    from landscape.cli.train import _resume_point
+
+    cfg = TrainConfig().to_dict()
+    path = tmp_path / "run.resume.pt"
+    assert _resume_point(path, cfg) is None
+    torch.save({"config": cfg, "epoch": 2, "step": 31, "model": {"w": torch.zeros(3)}}, path)
+    assert _resume_point(path, cfg) == "epoch 3, step 31"
+    assert _resume_point(path, {**cfg, "lr": 0.2}) is None  # the trainer refuses it with its own message
+    path.write_bytes(b"junk")
+    assert _resume_point(path, cfg) is None

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -205,10 +206,32 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"{paths['out']} exists from a different configuration; pass --restart to overwrite")
         print(f"{paths['out']}: already trained ({_summary(done.metrics)})")
         return 0
+    elif D.is_main() and os.environ.get("RANK", "0") == "0":
+        where = _resume_point(paths["resume"], config.to_dict())
+        if where:
+            print(f"resuming from {where} ({paths['resume']})", flush=True)
     ckpt = Trainer(config, args.out, progress=not args.quiet).run()
     if D.is_main():
         print(f"wrote {paths['out']}: {_summary(ckpt.metrics)}")
     return 0
+
+
+def _resume_point(path: Path, config: dict[str, Any]) -> str | None:
+    """``epoch N, step S`` (N counted from 1, as the progress bar does; S steps done) of the resume state at
+    ``path`` if it belongs to ``config`` (read memory-mapped:
+    the tensors stay on disk), else None (no file, or one the trainer will refuse with its own message)."""
+    import torch
+
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # the trainer reports an unreadable resume state
+        return None
+    if not isinstance(state, dict) or state.get("config") != config:
+        return None
+    epoch, step = state.get("epoch"), state.get("step")
+    return f"epoch {epoch + 1}, step {step}" if isinstance(epoch, int) and isinstance(step, int) else None
 
 
 def _summary(m: dict[str, Any]) -> str:
