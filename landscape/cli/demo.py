@@ -67,11 +67,8 @@ def train(name: str, epochs: int, out_dir: Path, progress: bool) -> tuple[Any, b
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from landscape.cli.guards import check_out_dir
-
     if args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
-    check_out_dir(args.out_dir, "--out-dir")
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:

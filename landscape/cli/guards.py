@@ -1,4 +1,4 @@
-"""Checks the subcommands run on their inputs before any work: non-finite weights, output paths."""
+"""Checks of a command's inputs before any work: non-finite weights, output paths, the device."""
 from __future__ import annotations
 
 import argparse
@@ -71,6 +71,8 @@ def check_outputs(args: argparse.Namespace) -> None:
         value = getattr(args, dest, None)
         if value is not None and not isinstance(value, bool):
             check_out_file(value, flag)
+    if getattr(args, "out_dir", None) is not None:
+        check_out_dir(Path(args.out_dir), "--out-dir")
     out = getattr(args, "out", None)
     if out is not None:
         if args.command == "study":
