@@ -147,6 +147,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0, help="seed of every random draw [default: 0]")
     for measure in load_measures().values():
         measure.add_arguments(p.add_argument_group(measure.title))
+    from landscape.cli.ranges import constrain
+
+    constrain(p)  # every numeric option finite and in its range (landscape/cli/ranges.py)
 
 
 def measure_options() -> dict[str, list[str]]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import pickle
 import platform
+import re
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -140,21 +141,57 @@ def load_checkpoint(path: str | os.PathLike, *, allow_state_dict: bool = False) 
     and data factories); it comes back with empty model/data names.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such file")
+    check_file(path)
     if _is_safetensors(path):
         return _parse(_load_safetensors(path), path, allow_state_dict)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. "pickle protocol 4" notes on foreign files
             obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(f"{path}: refused to load (not a plain-tensor checkpoint: {_one_line(e, 160)})") from e
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError, IndexError) as e:
-        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({_one_line(e, 160)})") from e
     except Exception as e:  # torch raises assorted types on garbage input
-        raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {_one_line(e, 160)})") from e
+        raise CheckpointError(f"{path}: {load_failure(path, e)}") from e
     return _parse(obj, path, allow_state_dict)
+
+
+def check_file(path: Path) -> None:
+    """A one-line :class:`CheckpointError` unless ``path`` is a readable, non-empty regular file."""
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a directory, not a checkpoint file")
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not a regular file")
+    if not os.access(path, os.R_OK):
+        raise CheckpointError(f"{path}: permission denied")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file (0 bytes), not a checkpoint")
+
+
+def load_failure(path: Path, e: BaseException) -> str:
+    """Why ``torch.load(path, weights_only=True)`` failed with ``e``, in one line and in the project's words:
+    torch's own text suggests ``weights_only=False``, which would run the file's code; it is never shown."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head.startswith(b"PK") and not head.startswith(b"\x80"):
+        return "not a PyTorch checkpoint (neither a torch.save zip archive nor a pickle)"
+    text = " ".join(str(e).split())
+    if isinstance(e, pickle.UnpicklingError):
+        blocked = re.search(r"(?:GLOBAL|global:?) ([\w.]+)", text)
+        if blocked:
+            return (f"refused to load: the file asks to import {blocked.group(1)}; only plain-tensor checkpoints "
+                    "are loaded, and no code from a file is ever run")
+        reason = text.split("WeightsUnpickler error:", 1)[-1] if "WeightsUnpickler error:" in text else ""
+        reason = reason.split(" Check the documentation")[0].strip() or type(e).__name__
+        return f"refused to load: not a plain-tensor checkpoint ({_one_line(reason, 120)})"
+    if isinstance(e, (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError, IndexError)):
+        first = re.split(r"(?<=[.!?]) ", text)[0] if text else type(e).__name__
+        return f"corrupt or truncated checkpoint ({_one_line(_no_advice(first), 160)})"
+    return f"unreadable checkpoint ({type(e).__name__}: {_one_line(_no_advice(text), 160)})"
+
+
+def _no_advice(text: str) -> str:
+    """``text`` less any sentence that mentions ``weights_only`` (torch's advice to turn it off)."""
+    return " ".join(s for s in re.split(r"(?<=[.!?]) ", text) if "weights_only" not in s) or "unreadable"
 
 
 def _parse(obj: Any, path: Path, allow_state_dict: bool) -> Checkpoint:
@@ -236,6 +273,21 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path), device="cpu")
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error types on bad files
         raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({_one_line(e, 160)})") from e
+
+
+def check_finite(ckpt: Checkpoint) -> None:
+    """A one-line :class:`CheckpointError` naming the first tensor of ``ckpt``'s weights (parameters and
+    buffers) that holds a NaN or an infinity, with how many such values and tensors there are."""
+    bad = [(k, v) for k, v in ckpt.state_dict.items()
+           if (v.is_floating_point() or v.is_complex()) and not bool(torch.isfinite(v).all())]
+    if not bad:
+        return
+    name, t = bad[0]
+    n_nan, n_inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+    what = " and ".join(f"{n} {kind}" for n, kind in ((n_nan, "NaN"), (n_inf, "infinite")) if n)
+    more = f"; {len(bad) - 1} more tensor(s) too" if len(bad) > 1 else ""
+    raise CheckpointError(f"{ckpt._where()}weight {name} holds {what} value(s) of {t.numel()}{more} "
+                          "(a diverged run?); pass --allow-nonfinite to use it anyway")
 
 
 def plain(obj: Any) -> Any:

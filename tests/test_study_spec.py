@@ -108,11 +108,14 @@ def test_validation_errors_are_one_line_and_exit_2(tmp_path, capsys, edit, messa
 
 def test_cli_errors(tmp_path, capsys):
     assert main(["study", str(tmp_path / "missing.toml")]) == 2
-    assert "No such file" in capsys.readouterr().err
+    assert "missing.toml: no such file" in capsys.readouterr().err
     path = write(tmp_path, BASE)
-    assert main(["study", str(path), "--min-train-acc", "2"]) == 2
-    assert "min_train_acc must be in [0, 1]" in capsys.readouterr().err
-    assert main(["study", str(path), "--workers", "0"]) == 2
+    with pytest.raises(SystemExit) as e:  # checked as the command line is parsed
+        main(["study", str(path), "--min-train-acc", "2"])
+    assert e.value.code == 2 and "--min-train-acc: must be in [0, 1], got '2'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["study", str(path), "--workers", "0"])
+    assert "--workers: must be an integer >= 1, got '0'" in capsys.readouterr().err
     assert main(["study", str(path), "--dry-run", "--out", str(tmp_path / "o")]) == 0
     out = capsys.readouterr().out
     assert "32 runs: 32 pending" in out and "sam(rho=0.01) lr=0.1 dropout=0.25 seed=1" in out

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 COMMANDS = ["demo", "train", "info", "analyze", "plot1d", "plot2d", "compare", "shift", "study"]
 
@@ -18,10 +18,18 @@ class UserError(Exception):
     """An error caused by the user's input; reported in one line."""
 
 
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (argparse prints the whole usage first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from landscape import __version__
+    from landscape.cli.ranges import constrain
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="landscape",
         description="Train with the sharpness-aware optimizer family and measure the geometry of the minima.")
     parser.add_argument("--version", action="version", version=f"landscape {__version__}")
@@ -34,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
                            help="torch CPU threads [default: $OMP_NUM_THREADS if set, else 1; 0: torch's default, "
                                 "one per core]")
             p.set_defaults(set_threads=True)
+        constrain(p)
     return parser
 
 
@@ -58,8 +67,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from optimizers.trainer import TrainingDiverged
     except ImportError:  # pragma: no cover
         TrainingDiverged = RuntimeError  # type: ignore[misc,assignment]
+    from landscape.cli.ranges import check_pairs
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    unordered = check_pairs(args)
+    if unordered:
+        parser.exit(2, f"landscape {args.command}: error: {unordered}\n")
     import torch
 
     from landscape.distributed import process_group
@@ -70,12 +84,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if threads is not None:
             torch.set_num_threads(threads)
         with process_group():
+            from landscape.cli.guards import check_outputs
+
+            check_outputs(args)
             return int(args.func(args) or 0)
     except TrainingDiverged as e:
         print(f"landscape: diverged: {e}", file=sys.stderr)
         return 3
     except (UserError, CheckpointError, ValueError, KeyError, FileNotFoundError, IsADirectoryError,
-            PermissionError) as e:
+            NotADirectoryError, FileExistsError, PermissionError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         print(f"landscape: error: {' '.join(str(msg).split())}", file=sys.stderr)
         return 2

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from pathlib import Path
 from typing import Any
 
 from landscape.cli.common import add_entry_point_args, loss_from_args, open_from_args
+from landscape.cli.guards import add_nonfinite_flag, check_weights, is_stdout
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,7 +23,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "The model runs in eval mode; its weights are never changed.")
     p.add_argument("checkpoint", help="a checkpoint written by `landscape train` (or a state_dict with --model/--data)")
     p.add_argument("--json", type=Path, default=None, metavar="PATH",
-                   help="write the report as JSON (atomically, after every measure; a re-run resumes)")
+                   help="write the report as JSON (atomically, after every measure; a re-run resumes); "
+                        "'-': print it to standard output instead of the table")
     p.add_argument("--html", type=Path, default=None, metavar="PATH",
                    help="also write a self-contained HTML report: the measures, the top eigenvalues, the spectral "
                         "density (--density is switched on), gradient norms per layer and 1-D / 2-D loss "
@@ -30,6 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--restart", action="store_true", help="recompute every measure even if --json holds it")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_entry_point_args(p)
+    add_nonfinite_flag(p)
     add_arguments(p)
     g = p.add_argument_group("landscapes of the --html report (train and test loss along random directions)")
     g.add_argument("--landscape-points", type=int, default=21, metavar="N",
@@ -56,23 +61,33 @@ def run(args: argparse.Namespace) -> int:
             if getattr(args, flag) < 0:
                 raise ValueError(f"--{flag.replace('_', '-')} must be >= 0, got {getattr(args, flag)}")
     ckpt, model, data = open_from_args(args)
+    check_weights(ckpt, args)
     D.init_from_env(D.local_device(args.device).type)
     header = {"checkpoint": {"path": str(ckpt.path), "sha256": file_digest(ckpt.path)},
               "model": {"name": ckpt.model_name, "kwargs": ckpt.model_kwargs},
               "data": {"name": ckpt.data_name, "kwargs": ckpt.data_kwargs}}
+    to_stdout = is_stdout(args.json)
     stem = None
     if args.html is not None:
         stem = str(args.html.with_suffix("") if args.html.suffix == ".html" else args.html)
         args.density = True
         if args.json is None:
             args.json = Path(f"{stem}.analysis.json")
-    report = analyze(model, data, args, header=header, json_path=args.json, resume=not args.restart,
+    json_path = None if to_stdout else args.json
+    report = analyze(model, data, args, header=header, json_path=json_path, resume=not args.restart,
                      progress=not args.quiet, loss=loss_from_args(args))
-    written = [] if args.json is None else [str(args.json)]
+    written = [] if json_path is None else [str(json_path)]
     if stem is not None:
         report = {**report, "optimizer": ckpt.optimizer}
         written += report_html(args, ckpt, model, data, report, stem)
     if D.is_main():
+        if to_stdout:  # standard output holds the JSON only
+            from landscape.io import _json_default
+
+            print(json.dumps(report, indent=2, sort_keys=True, default=_json_default))
+            if written:
+                print("wrote " + " ".join(written), file=sys.stderr)
+            return 0
         from rich.console import Console
 
         Console().print(table(report, title=str(ckpt.path)))

@@ -17,6 +17,7 @@ from typing import Any
 
 from landscape.cli import landscape_args as A
 from landscape.cli.common import add_entry_point_args, loss_from_args, parse_assignments
+from landscape.cli.guards import add_nonfinite_flag, check_weights
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -60,6 +61,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--vmax", type=float, default=None, help="clip the shared colour scale at this value")
     g.add_argument("--title", default=None, help="title over the side-by-side plot [default: the metric]")
     add_entry_point_args(p)
+    add_nonfinite_flag(p)
     p.set_defaults(func=run)
 
 
@@ -87,10 +89,16 @@ def open_all(args: argparse.Namespace) -> list[Opened]:
             data_kwargs=parse_assignments(args.data_arg, "--data-arg") if args.data_arg else None,
             strip_prefix=args.strip_prefix)
         opened.append(Opened("", ckpt, model, data))
+    for o in opened:
+        check_weights(o.ckpt, args)
     first = opened[0].ckpt
     for o in opened[1:]:
         if (o.ckpt.data_name, o.ckpt.data_kwargs) != (first.data_name, first.data_kwargs):
             raise ValueError(f"{o.ckpt.path} was trained on other data than {first.path}; compare needs the same data")
+        other = architecture_difference(first.state_dict, o.ckpt.state_dict)
+        if other:
+            raise ValueError(f"{o.ckpt.path} holds another architecture than {first.path} ({other}); compare "
+                             "needs checkpoints of the same model")
     labels = args.labels or [o.ckpt.optimizer.get("name") or Path(o.ckpt.path).stem for o in opened]
     if len(set(labels)) < len(labels):
         labels = [Path(o.ckpt.path).stem for o in opened]
@@ -99,6 +107,18 @@ def open_all(args: argparse.Namespace) -> list[Opened]:
     for o, label in zip(opened, labels):
         o.label = label
     return opened
+
+
+def architecture_difference(a: dict[str, Any], b: dict[str, Any]) -> str | None:
+    """How the weights ``b`` differ in names or shapes from ``a`` (the first difference), or None."""
+    missing, extra = sorted(set(a) - set(b)), sorted(set(b) - set(a))
+    if missing or extra:
+        return f"{'missing ' + missing[0] if missing else 'extra ' + extra[0]}" + (
+            f" and {len(missing) + len(extra) - 1} more names differ" if len(missing) + len(extra) > 1 else "")
+    for k, v in a.items():
+        if tuple(v.shape) != tuple(b[k].shape):
+            return f"{k} has shape {tuple(b[k].shape)}, not {tuple(v.shape)}"
+    return None
 
 
 def _safe(label: str) -> str:
@@ -249,6 +269,10 @@ def compare(args: argparse.Namespace) -> dict[str, Any] | None:
                                      curves=drawn.curves, surfaces=drawn.surfaces,
                                      interpolations=drawn.interpolations, log=args.log)))
         summary["html"] = files[-1]
+    notes = [n for o, s in zip(opened, drawn.surfaces) for n in A.nonfinite_notes(s, f"{o.label}: ")]
+    notes += [n for name, s in drawn.interpolations for n in A.nonfinite_notes(s, f"{name}: ")]
+    if notes:
+        summary["notes"] = notes
     atomic_write_json(f"{stem}.json", summary)
     return {**summary, "files": files, "reports": reports}
 
@@ -257,6 +281,8 @@ def run(args: argparse.Namespace) -> int:
     summary = compare(args)
     if summary is not None:
         print_summary(summary)
+        for note in summary.get("notes", []):
+            print(note)
         print("wrote " + " ".join(summary["files"]))
     return 0
 

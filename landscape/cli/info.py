@@ -30,6 +30,8 @@ def describe(ckpt: Any, model: Any) -> dict[str, Any]:
         "epoch": ckpt.epoch,
         "step": ckpt.step,
         "versions": ckpt.versions,
+        "nonfinite_weights": [k for k, v in ckpt.state_dict.items()
+                              if v.is_floating_point() and not bool(v.isfinite().all())],
     }
 
 
@@ -58,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
         if ckpt.metrics.get(key) is not None:
             table.add_row(key, f"{ckpt.metrics[key]:.6g}")
     table.add_row("versions", _kv(ckpt.versions))
+    if info["nonfinite_weights"]:
+        table.add_row("NaN/inf weights", ", ".join(info["nonfinite_weights"]))
     Console().print(table)
     return 0
 

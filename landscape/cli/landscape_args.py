@@ -261,7 +261,10 @@ def compute(args: argparse.Namespace, dims: int, tag: str) -> tuple[Any, str]:
     compute (or resume) the surface. Returns ``(surface, stem)``."""
     from landscape.landscapes.surface import compute_surface
 
+    from landscape.cli.guards import check_weights
+
     ckpt, model, data = open_from_args(args)
+    check_weights(ckpt, args)
     device = setup_device(args)
     objs = objectives(model, data, args, device)
     train = objs.get("train") or objectives(model, data, args, device, ["train"])["train"]
@@ -284,3 +287,16 @@ def centre(surface: Any) -> dict[str, float]:
                 if np.isfinite(surface.value_at(k, *([0.0] * surface.ndim)))}
     except KeyError:
         return {}
+
+
+def nonfinite_notes(surface: Any, label: str = "") -> list[str]:
+    """One line per metric of ``surface`` that is NaN or infinite somewhere: how many grid points, and that the
+    plots leave them blank (a diverged checkpoint, or a range reaching where the loss overflows)."""
+    notes = []
+    for k in surface.metrics:
+        values = np.asarray(surface[k], dtype=float)
+        bad = int(values.size - np.isfinite(values).sum())
+        if bad:
+            notes.append(f"note: {label}{k} is not finite (NaN or inf) at {bad} of {values.size} grid points; "
+                         "the plots leave them blank")
+    return notes

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from landscape.cli import landscape_args as A
+from landscape.cli.guards import add_nonfinite_flag
 from landscape.cli.common import add_entry_point_args
 
 
@@ -19,6 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     A.add_evaluation_args(p)
     A.add_output_args(p)
     add_entry_point_args(p)
+    add_nonfinite_flag(p)
     p.set_defaults(func=run)
 
 
@@ -40,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
         from landscape.landscapes.interactive import surface_html
 
         paths.append(surface_html(surface, f"{stem}.html", log=args.log))
+    for note in A.nonfinite_notes(surface):
+        print(note)
     centre = A.centre(surface)
     if centre:
         print("at the checkpoint: " + ", ".join(f"{k} {v:.6g}" for k, v in centre.items()))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from landscape.cli import landscape_args as A
+from landscape.cli.guards import add_nonfinite_flag
 from landscape.cli.common import add_entry_point_args
 
 
@@ -27,6 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--levels", type=int, default=30, help="contour levels [default: 30]")
     g.add_argument("--vmax", type=float, default=None, help="clip the colour scale at this value")
     add_entry_point_args(p)
+    add_nonfinite_flag(p)
     p.set_defaults(func=run)
 
 
@@ -46,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
         from landscape.landscapes.interactive import surface_html
 
         paths.append(surface_html(surface, f"{stem}.html", metric=metric, log=args.log))
+    for note in A.nonfinite_notes(surface):
+        print(note)
     centre = A.centre(surface)
     if centre:
         print("at the checkpoint: " + ", ".join(f"{k} {v:.6g}" for k, v in centre.items()))

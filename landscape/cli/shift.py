@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from landscape.cli import landscape_args as A
+from landscape.cli.guards import add_nonfinite_flag, check_weights
 from landscape.cli.common import add_entry_point_args, open_from_args
 
 
@@ -28,6 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     A.add_evaluation_args(p, splits=False)
     A.add_output_args(p, html=False)
     add_entry_point_args(p)
+    add_nonfinite_flag(p)
     p.set_defaults(func=run, split=["train", "test"])
 
 
@@ -42,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     lo, hi = args.range
     t = shift_axis(lo, hi, args.per_unit)
     ckpt, model, data = open_from_args(args)
+    check_weights(ckpt, args)
     device = A.setup_device(args)
     objs = A.objectives(model, data, args, device, ["train", "test"])
     stem = args.out or A.default_stem(ckpt.path, "shift")

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -73,33 +75,103 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     for hp, methods in sorted(seen.items()):
         if hp in _CONFIG_FLAGS or hp in {"model", "data", "optimizer", "base", "nesterov", "compile", "config"}:
             raise RuntimeError(f"optimizer hyper-parameter {hp!r} collides with a training flag")
-        g.add_argument(f"--{hp.replace('_', '-')}", dest=f"hp_{hp}", type=parse_value, default=None,
-                       metavar="V", help=f"({', '.join(methods)})")
+        g.add_argument(f"--{hp.replace('_', '-')}", dest=f"hp_{hp}", type=hparam_value, default=None,
+                       metavar="V", help=hparam_help(hp, methods))
     p.set_defaults(func=run)
 
 
+HPARAM_HELP = {
+    "rho": "perturbation radius",
+    "p": "norm of the perturbation ball, > 1: 2 or inf in the papers",
+    "normalization": "operator T of the ball (landscape.geometry): none, element, filter, layer, layer_rms, "
+                     "gradient, ...",
+    "eta": "eta added to T (ASAM's |w| + eta)",
+    "exclude": "biases and norm layers: none, unscaled (by T), unperturbed",
+    "sync_perturbation": "all-reduce the ascent gradient under DDP (true/false)",
+    "alpha": "gsam/asam_ascent: ascent coefficient on g_perp; looksam: weight of the reused sharpness direction; "
+             "gnr: weight of the gradient-norm penalty",
+    "rho_max": "radius at the largest lr of the schedule",
+    "rho_min": "radius at the smallest lr of the schedule",
+    "ascent_steps": "ascent steps K of the perturbation",
+    "step_size": "ascent step size (null: 1.5 rho / K)",
+    "single_step": "the single-step ablation (true/false)",
+    "start_epoch": "first epoch with perturbations",
+    "beta_lr": "Adam lr of the learned log-radius beta = log rho",
+    "beta_lr_decay": "per-step decay factor of beta_lr",
+    "val_fraction": "fraction of the training set held out for validation batches (0: draw them from all of it)",
+    "c_start": "threshold c_t at the first step (SAM when ||g||^2 >= mu + c_t sigma)",
+    "c_end": "threshold c_t at the last step",
+    "ema_decay": "decay of the running mean and variance of ||g||^2",
+    "swp_prob": "probability that a tensor is perturbed (stochastic weight perturbation)",
+    "sds_fraction": "fraction of the batch kept for the second pass (sharpness-sensitive data selection)",
+    "prob": "probability of a SAM step (the final one for linear and cosine schedules)",
+    "prob_start": "probability of a SAM step at the start (linear and cosine schedules)",
+    "prob_schedule": "schedule of the SAM probability: constant, linear, cosine",
+    "k": "period of the SAM steps",
+    "per_tensor": "norms per parameter tensor instead of global (true/false)",
+    "hvp": "Hessian-vector products: exact (double backward), forward or central (finite differences)",
+    "fd_radius": "radius of the finite-difference HVP",
+    "gnr_fraction": "fraction of the steps that are GNR steps",
+    "oracle": "the loss term: loss, weight_decay (plus an L2 term) or sam",
+    "oracle_decay": "L2 coefficient of the weight_decay oracle",
+    "oracle_rho": "radius of the sam oracle",
+}
+"""What each method hyper-parameter (a ``--NAME`` flag of ``train``) means."""
+
+
+def hparam_value(text: str) -> Any:
+    """A hyper-parameter's value: JSON (``0.05``, ``true``, ``null``), ``inf``/``nan`` as floats, else text."""
+    if text.strip().lower() in ("inf", "+inf", "-inf", "infinity", "+infinity", "-infinity", "nan"):
+        return float(text)
+    return parse_value(text)
+
+
+hparam_value.__name__ = "value"
+hparam_value.checked = True  # type: ignore[attr-defined]  # by TrainConfig.validate, per method (p may be inf)
+
+
+def hparam_help(hp: str, methods: list[str]) -> str:
+    """``--help`` text of hyper-parameter ``hp``: its meaning and its default for each method taking it."""
+    from optimizers import optimizer_hparams
+
+    by_default: dict[str, list[str]] = {}
+    for m in methods:
+        by_default.setdefault(json.dumps(optimizer_hparams(m)[hp]), []).append(m)
+    defaults = "; ".join(f"{d} for {', '.join(ms)}" for d, ms in by_default.items())
+    return f"{HPARAM_HELP.get(hp, hp)} [default: {defaults}]"
+
+
 def config_from_args(args: argparse.Namespace) -> "TrainConfig":  # noqa: F821
+    """The configuration of ``--config`` updated by the flags, validated: a bad value is a one-line error
+    naming its flag (``--epochs``) or its place in the TOML file (``epochs in run.toml``)."""
     from optimizers.config import TrainConfig
 
     values: dict[str, Any] = {}
+    flags: set[str] = set()  # options set by a flag (hyper-parameters as "hparams.NAME")
     if args.config is not None:
         values.update(_read_toml(args.config))
     for key in ("model", "data", "optimizer", "base", "nesterov", "compile", "log_steps", *_CONFIG_FLAGS):
         v = getattr(args, key)
         if v is not None:
             values[key] = v
+            flags.add(key)
     if args.model_arg:
         values["model_kwargs"] = {**values.get("model_kwargs", {}), **parse_assignments(args.model_arg, "--model-arg")}
     if args.data_arg:
         values["data_kwargs"] = {**values.get("data_kwargs", {}), **parse_assignments(args.data_arg, "--data-arg")}
     hps = {k[3:]: v for k, v in vars(args).items() if k.startswith("hp_") and v is not None}
     if hps:
+        if not isinstance(values.get("hparams", {}), dict):
+            raise ValueError(f"hparams in {args.config} must be a table ([hparams]), got {values['hparams']!r}")
         values["hparams"] = {**values.get("hparams", {}), **hps}
-    config = TrainConfig.from_dict(values)
-    from optimizers import resolve_hparams
+        flags.update(f"hparams.{k}" for k in hps)
 
-    resolve_hparams(config.optimizer, config.hparams)  # unknown hyper-parameters fail before training
-    return config
+    def label(name: str) -> str:
+        if name in flags:
+            return "--" + name.removeprefix("hparams.").replace("_", "-")
+        return f"{name} in {args.config}" if args.config is not None else name
+
+    return TrainConfig.from_dict(values, label=label)  # unknown hyper-parameters fail before training
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -107,10 +179,14 @@ def _read_toml(path: Path) -> dict[str, Any]:
         import tomllib
     else:  # pragma: no cover
         import tomli as tomllib
+    if path.is_dir():
+        raise ValueError(f"--config {path} is a directory, not a TOML file")
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)
-    except tomllib.TOMLDecodeError as e:
+    except FileNotFoundError:
+        raise ValueError(f"--config {path}: no such file") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: invalid TOML ({e})") from e
 
 
@@ -130,10 +206,32 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"{paths['out']} exists from a different configuration; pass --restart to overwrite")
         print(f"{paths['out']}: already trained ({_summary(done.metrics)})")
         return 0
+    elif D.is_main() and os.environ.get("RANK", "0") == "0":
+        where = _resume_point(paths["resume"], config.to_dict())
+        if where:
+            print(f"resuming from {where} ({paths['resume']})", flush=True)
     ckpt = Trainer(config, args.out, progress=not args.quiet).run()
     if D.is_main():
         print(f"wrote {paths['out']}: {_summary(ckpt.metrics)}")
     return 0
+
+
+def _resume_point(path: Path, config: dict[str, Any]) -> str | None:
+    """``epoch N, step S`` (N counted from 1, as the progress bar does; S steps done) of the resume state at
+    ``path`` if it belongs to ``config`` (read memory-mapped:
+    the tensors stay on disk), else None (no file, or one the trainer will refuse with its own message)."""
+    import torch
+
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # the trainer reports an unreadable resume state
+        return None
+    if not isinstance(state, dict) or state.get("config") != config:
+        return None
+    epoch, step = state.get("epoch"), state.get("step")
+    return f"epoch {epoch + 1}, step {step}" if isinstance(epoch, int) and isinstance(step, int) else None
 
 
 def _summary(m: dict[str, Any]) -> str:

@@ -51,7 +51,7 @@ import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 TOP_KEYS = {"name", "seeds", "train", "grid", "optimizers", "measures", "correlation"}
 OPTIMIZER_KEYS = {"method", "base", "train"}
@@ -138,6 +138,10 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise StudyError(f"{path}: invalid TOML ({' '.join(str(e).split())})") from e
     except IsADirectoryError as e:
         raise StudyError(f"{path}: is a directory, expected a study file (TOML)") from e
+    except FileNotFoundError as e:
+        raise StudyError(f"{path}: no such file") from e
+    except UnicodeDecodeError as e:
+        raise StudyError(f"{path}: not a TOML text file ({e.reason})") from e
 
 
 def load_study(path: str | Path) -> Study:
@@ -261,10 +265,11 @@ def parse_study(doc: dict[str, Any], path: str | Path = "study.toml") -> Study:
                 cfg.update(overrides)
                 cfg.update(optimizer=method, hparams=dict(all_hp), seed=seed)
                 try:
-                    config = TrainConfig.from_dict(cfg)
+                    config = TrainConfig.from_dict(cfg, label=_origin(label, train, point, overrides))
                     config.hparams = resolve_hparams(method, config.hparams)
                 except (ValueError, TypeError, KeyError) as e:
-                    raise fail(f"[optimizers.{label}] {' '.join(str(e).split())}") from e
+                    msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+                    raise fail(f"{' '.join(str(msg).split())} (run {variant}, seed {seed})") from e
                 cdict = config.to_dict()
                 rid = run_id(cdict)
                 rname = " ".join([variant, *(f"{_short(k)}={_fmt(v)}" for k, v in point.items()), f"seed={seed}"])
@@ -278,6 +283,24 @@ def parse_study(doc: dict[str, Any], path: str | Path = "study.toml") -> Study:
     correlation = _correlation(_table(doc, "correlation", fail), fail)
     return Study(path=path, name=name, runs=runs, axes=axes, optimizer_axes=optimizer_axes, seeds=list(seeds),
                  passes=passes, correlation=correlation)
+
+
+def _origin(label: str, train: dict[str, Any], point: dict[str, Any],
+            overrides: dict[str, Any]) -> Callable[[str], str]:
+    """Where a training option of a run was set, for a message: ``[train] lr``, ``[grid] lr``, ``seeds``,
+    ``[optimizers.sam] rho``, ``[optimizers.sam] train.lr``."""
+    def where(key: str) -> str:
+        if key.startswith("hparams."):
+            return f"[optimizers.{label}] {key[len('hparams.'):]}"
+        if key == "seed":
+            return "seeds"
+        if key in overrides:
+            return f"[optimizers.{label}] {'base' if key == 'base' else 'train.' + key}"
+        if key in point or any(k.startswith(key + ".") for k in point):
+            return f"[grid] {key}"
+        return f"[train] {key}" if key in train else key
+
+    return where
 
 
 def _table_columns() -> set[str]:
