@@ -87,6 +87,9 @@ HPARAM_HELP = {
                      "gradient, ...",
     "eta": "eta added to T (ASAM's |w| + eta)",
     "exclude": "biases and norm layers: none, unscaled (by T), unperturbed",
+    "exempt": "which tensors 'exclude' applies to: bias (ASAM's rule: tensors named bias) or 1d (every 1-D tensor)",
+    "grouping": "ga_sam: a layer of T is each tensor (tensor) or each module, weight and bias together (module)",
+    "lets_hessian": "lets: the Hessian approximation of eq. 5, diag (diag(g*g), the default) or outer (g g^T)",
     "sync_perturbation": "all-reduce the ascent gradient under DDP (true/false)",
     "alpha": "gsam/asam_ascent: ascent coefficient on g_perp; looksam: weight of the reused sharpness direction; "
              "gnr: weight of the gradient-norm penalty",
