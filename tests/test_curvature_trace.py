@@ -111,13 +111,13 @@ def test_lanczos_sketch_is_exact_on_an_invariant_krylov_space():
 
 
 def test_block_sketch_is_exact_on_an_invariant_krylov_space_in_few_passes():
-    A = low_rank(60, [4.0, 3.0, 2.0, -1.0])
-    r = hutchpp(MatrixOperator(A), max_samples=30, rank=20, sketch="block", rtol=None)
+    A = low_rank(100, [4.0, 3.0, 2.0, -1.0])
+    r = hutchpp(MatrixOperator(A), max_samples=80, rank=64, sketch="block", rtol=None)
     assert abs(r.low_rank_trace - 8.0) < 1e-12 and abs(r.trace - 8.0) < 1e-12 and np.all(np.abs(r.samples) < 1e-12)
-    # blocks of min(8, 20 // 5) = 4: 5 block products, then 10 Hutchinson vectors in blocks of 8
-    assert r.rank == 20 and r.num_matvecs == 30 and r.num_passes == 5 + 2 and r.method == "hutchpp-block"
-    r = hutchpp(MatrixOperator(decaying(60)), max_samples=30, rank=18, sketch="block", rtol=None)
-    assert r.rank == 18 and r.num_passes == 6 + 2  # blocks of 3
+    # blocks of min(8, 64 // 16) = 4: 16 block products, then 16 Hutchinson vectors in blocks of 8
+    assert r.rank == 64 and r.num_matvecs == 80 and r.num_passes == 16 + 2 and r.method == "hutchpp-block"
+    r = hutchpp(MatrixOperator(decaying(100)), max_samples=60, rank=40, sketch="block", rtol=None)
+    assert r.rank == 40 and r.num_passes == 20 + 3 and r.num_matvecs == 60  # blocks of 2, 20 samples in 3 passes
 
 
 def test_hutchpp_checks_its_budget():

@@ -110,7 +110,8 @@ def hutchpp(
     ``2 * max_samples // 3``) and ``tr(Q^T A Q) = tr(T)`` comes with it: one product per basis
     vector, and a Krylov space captures the dominant eigenvectors far better than one sketch.
     ``sketch="block"``: ``Q`` = the block Krylov basis ``[V, A V, A^2 V, ...]`` (orthonormalised as it
-    grows) of ``b = min(block, rank // 5)`` random start vectors (at least 5 steps deep), ``rank // b``
+    grows) of ``b = min(block, rank // 16)`` random start vectors (at least 16 steps deep: measured as accurate
+    as ``lanczos``, which it equals for ``b = 1``; ``benchmarks/bench_trace.py``), ``rank // b``
     block products (one data pass each, where ``lanczos`` needs one per vector),
     ``tr(Q^T A Q) = sum_j tr(V_j^T (A V_j))`` from the same
     products (default ``rank`` as for ``lanczos``).
@@ -125,7 +126,7 @@ def hutchpp(
     if rank is None:
         rank = min(max_samples // 3 if sketch == "random" else 2 * max_samples // 3, max(1, basis_bytes // (8 * P)))
     r = min(P, rank)
-    b = max(1, min(block, r // 5))  # block Krylov: at least 5 steps deep
+    b = max(1, min(block, r // 16))  # block Krylov: at least 16 steps deep
     if sketch == "block" and r < P:
         r = r // b * b  # whole blocks
     if r < 1 or (r < P and max_samples - cost * r < 2):
