@@ -1,6 +1,7 @@
 """Trace estimators at equal HVP budgets on networks with an exact trace, against curvlinops and hessian-eigenthings.
 
-    python benchmarks/bench_trace.py [--out runs/bench_trace] [--seeds 100] [--budgets 30 102] [--wall-repeats 3]
+    pip install -e ".[bench]"   # curvlinops-for-pytorch, hessian-eigenthings
+    python benchmarks/bench_trace.py [--out runs/bench_trace] [--seeds 40] [--budgets 30 102] [--wall-repeats 3]
 
 Workloads: an MLP, a small 1-D CNN and a small ResNet with BatchNorm (eval mode), each trained briefly with
 Adam on ``benchmarks.problems:spirals``, their Hessian (indefinite) and GGN (positive semi-definite) over
@@ -151,9 +152,6 @@ def _summary(errs: list[float], tr: float, cover: list[bool] | None, hvps: int) 
 
 def wall(model: nn.Module, x: torch.Tensor, y: torch.Tensor, budgets: list[int], repeats: int) -> dict:
     """Median CPU seconds per estimate on the network (float32 full-batch products, one thread), interleaved."""
-    from curvlinops import HessianLinearOperator
-    from curvlinops import xtrace as cl_xtrace
-
     params = [p for p in model.parameters() if p.requires_grad]
     def objective(**kw: Any) -> Objective:
         return Objective(model, x, y, batch_size=len(x), **kw)
@@ -169,9 +167,15 @@ def wall(model: nn.Module, x: torch.Tensor, y: torch.Tensor, budgets: list[int],
         "ours xtrace": lambda b: xtrace(objective().hessian, max_samples=b, rtol=None).trace,
         "ours xtrace, forward-mode HVPs in blocks of 64": lambda b: xtrace(
             objective(**fast).hessian, max_samples=b, rtol=None, block=64).trace,
-        "curvlinops xtrace": lambda b: float(cl_xtrace(HessianLinearOperator(
-            model, nn.CrossEntropyLoss(), params, [(x, y)], check_deterministic=False), b)),
     }
+    try:
+        from curvlinops import HessianLinearOperator
+        from curvlinops import xtrace as cl_xtrace
+
+        runs["curvlinops xtrace"] = lambda b: float(cl_xtrace(HessianLinearOperator(
+            model, nn.CrossEntropyLoss(), params, [(x, y)], check_deterministic=False), b))
+    except ImportError:
+        pass
     try:
         from hessian_eigenthings.algorithms.trace import hutch_plus_plus
         from hessian_eigenthings.operators.hessian import HessianOperator
