@@ -179,10 +179,13 @@ def default_options(**overrides: Any) -> argparse.Namespace:
 class AnalysisContext:
     """What a measure computes from: the model, the data, the options and cached objectives."""
 
-    def __init__(self, model: nn.Module, data: Any, options: argparse.Namespace, *, progress: bool = False) -> None:
+    def __init__(self, model: nn.Module, data: Any, options: argparse.Namespace, *, progress: bool = False,
+                 loss: Any = None) -> None:
         from landscape.distributed import local_device
 
         self.model, self.data, self.options, self.progress = model, data, options, progress
+        self.loss = loss
+        """The loss protocol (None: the data's task; see :func:`landscape.objective.loss.as_loss`)."""
         self.device = local_device(options.device)
         self.dtype = _DTYPES[options.dtype]
         self.seed = options.seed
@@ -201,10 +204,14 @@ class AnalysisContext:
         key = (split, None if full else self.options.subset)
         if key not in self._objectives:
             self._objectives[key] = Objective.from_bundle(
-                self.model, self.data, split, subset=key[1], seed=self.seed,
+                self.model, self.data, split, subset=key[1], seed=self.seed, loss=self.loss,
                 batch_size=self.options.batch_size, device=self.device, dtype=self.dtype,
                 params=self.options.params, hvp_mode=self.options.hvp_mode)
         return self._objectives[key]
+
+    def has_split(self, split: str) -> bool:
+        """Whether the data has ``split`` (a user's stream may have no test split)."""
+        return split in getattr(self.data, "splits", ("train", "test"))
 
 
 def settings(options: argparse.Namespace) -> dict[str, Any]:
@@ -231,25 +238,31 @@ def analyze(
     json_path: str | Path | None = None,
     resume: bool = True,
     progress: bool = False,
+    loss: Any = None,
     **overrides: Any,
 ) -> dict[str, Any]:
-    """Run every enabled measure; return ``{**header, "settings", "runtime", <measure>: section, "complete"}``.
+    """Run every enabled measure; return ``{**header, "loss", "settings", "runtime", <measure>: section,
+    "complete"}``.
 
+    ``data``: a :class:`~landscape.data.DataBundle` or :class:`~landscape.data.streams.StreamData`;
+    ``loss``: anything :func:`~landscape.objective.loss.as_loss` takes (default: the data's task).
     ``json_path``: write the report there atomically after each measure; with ``resume`` a report
-    already there with the same header and settings has its finished sections reused.
+    already there with the same header, loss and settings has its finished sections reused.
     The model's parameters, buffers and train/eval flags are left exactly as they were.
     """
     from landscape import distributed as D
     from landscape.checkpoint import versions
     from landscape.io import atomic_write_json
+    from landscape.objective.loss import as_loss
 
     if options is None:
         options = default_options(**overrides)
     else:
         for k, v in overrides.items():
             setattr(options, k, v)
-    ctx = AnalysisContext(model, data, options, progress=progress)
-    report: dict[str, Any] = {**(header or {}), "settings": settings(options),
+    loss = as_loss(loss, task=getattr(data, "task", None))
+    ctx = AnalysisContext(model, data, options, progress=progress, loss=loss)
+    report: dict[str, Any] = {**(header or {}), "loss": loss.describe(), "settings": settings(options),
                               "runtime": {"device": str(ctx.device), "world_size": D.world_size(),
                                           "versions": versions()}}
     done = _previous(json_path, report) if resume and json_path is not None and D.is_main() else {}

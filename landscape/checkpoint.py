@@ -142,6 +142,8 @@ def load_checkpoint(path: str | os.PathLike, *, allow_state_dict: bool = False) 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
+    if _is_safetensors(path):
+        return _parse(_load_safetensors(path), path, allow_state_dict)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. "pickle protocol 4" notes on foreign files
@@ -183,7 +185,7 @@ def _parse(obj: Any, path: Path, allow_state_dict: bool) -> Checkpoint:
             raise CheckpointError(f"{path}: {e}") from e
         return ckpt
     if allow_state_dict:
-        sd = obj.get("state_dict", obj) if isinstance(obj, dict) else obj
+        sd = foreign_state_dict(obj)
         try:
             return Checkpoint(model_name="", model_kwargs={}, data_name="", data_kwargs={},
                               state_dict=_state_dict(sd), versions={}, path=str(path))
@@ -193,6 +195,47 @@ def _parse(obj: Any, path: Path, allow_state_dict: bool) -> Checkpoint:
         raise CheckpointError(f"{path}: a bare state_dict, not a landscape checkpoint; "
                               "pass --model pkg.module:factory and --data pkg.module:factory")
     raise CheckpointError(f"{path}: not a landscape checkpoint (no '{FORMAT}' header)")
+
+
+STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network")
+"""Where other training loops keep the weights in a checkpoint dict (Lightning: ``state_dict``)."""
+
+
+def foreign_state_dict(obj: Any) -> Any:
+    """The weights of a foreign checkpoint: a bare ``state_dict``, or the dict of tensors under one of
+    :data:`STATE_DICT_KEYS` (Lightning's ``{"state_dict": ..., "epoch": ...}``, ``{"model": ...}``)."""
+    if isinstance(obj, dict) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        for key in STATE_DICT_KEYS:
+            sd = obj.get(key)
+            if isinstance(sd, dict) and sd and all(isinstance(v, torch.Tensor) for v in sd.values()):
+                return sd
+    return obj
+
+
+def without_prefix(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """``state_dict`` with ``prefix`` removed from every name that starts with it (``model.`` of Lightning)."""
+    return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state_dict.items()}
+
+
+def _is_safetensors(path: Path) -> bool:
+    """A safetensors file: an 8-byte little-endian header length, then a JSON header."""
+    if path.suffix == ".safetensors":
+        return True
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and 1 < int.from_bytes(head[:8], "little") < (1 << 27)
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        from safetensors.torch import load_file
+    except ImportError as e:
+        raise CheckpointError(f"{path}: reading .safetensors needs the safetensors package (pip install "
+                              "safetensors)") from e
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types on bad files
+        raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({_one_line(e, 160)})") from e
 
 
 def plain(obj: Any) -> Any:
@@ -234,9 +277,13 @@ def _state_dict(sd: Any) -> dict[str, torch.Tensor]:
 
 
 def load_state_dict_strict(model: nn.Module, state_dict: dict[str, torch.Tensor], where: str = "") -> None:
-    """``model.load_state_dict(strict=True)`` with a one-line error on any mismatch."""
+    """``model.load_state_dict(strict=True)`` with a one-line error on any mismatch. A name the file leaves out
+    because it is tied to one it holds (a language model's output layer and its embedding, dropped by
+    safetensors) is not missing."""
     own = model.state_dict()
-    missing = sorted(set(own) - set(state_dict))
+    shared = {own[k].data_ptr() for k in state_dict if k in own}
+    tied = {k for k in set(own) - set(state_dict) if own[k].numel() and own[k].data_ptr() in shared}
+    missing = sorted(set(own) - set(state_dict) - tied)
     unexpected = sorted(set(state_dict) - set(own))
     if missing or unexpected:
         parts = []
@@ -244,12 +291,22 @@ def load_state_dict_strict(model: nn.Module, state_dict: dict[str, torch.Tensor]
             parts.append(f"missing {_short(missing)}")
         if unexpected:
             parts.append(f"unexpected {_short(unexpected)}")
-        raise CheckpointError(f"{where}weights do not match the model: {'; '.join(parts)}")
+        hint = _prefix_hint(set(own), list(state_dict))
+        raise CheckpointError(f"{where}weights do not match the model: {'; '.join(parts)}{hint}")
     for k, v in state_dict.items():
         if own[k].shape != v.shape:
             raise CheckpointError(f"{where}weights do not match the model: {k} has shape "
                                   f"{tuple(v.shape)} in the file, {tuple(own[k].shape)} in the model")
-    model.load_state_dict(state_dict, strict=True)
+    model.load_state_dict(state_dict, strict=not tied)
+
+
+def _prefix_hint(own: set[str], names: list[str]) -> str:
+    """``" (try --strip-prefix P)"`` when removing a common first component ``P`` makes the names fit."""
+    heads = {n.split(".", 1)[0] + "." for n in names if "." in n}
+    for prefix in sorted(heads):
+        if {n[len(prefix):] if n.startswith(prefix) else n for n in names} == own:
+            return f" (try --strip-prefix {prefix})"
+    return ""
 
 
 def _short(keys: list[str], n: int = 3) -> str:
@@ -269,14 +326,18 @@ def open_checkpoint(
     data: str | None = None,
     model_kwargs: dict[str, Any] | None = None,
     data_kwargs: dict[str, Any] | None = None,
+    strip_prefix: str | None = None,
 ):
     """Load ``path`` and rebuild ``(checkpoint, model, data)`` with the weights loaded.
 
-    ``model``/``data``: user entry points ``pkg.module:factory`` (required for a bare
-    state_dict, optional otherwise); their kwargs default to the file's.
+    ``model``/``data``: user entry points ``pkg.module:factory`` (required for a foreign file: a bare
+    state_dict, a Lightning-style dict, a ``.safetensors`` file; optional otherwise); their kwargs default to
+    the file's. ``strip_prefix``: remove it from the weights' names (Lightning's ``model.``).
     """
     foreign = model is not None or data is not None
     ckpt = load_checkpoint(path, allow_state_dict=foreign)
+    if strip_prefix:
+        ckpt.state_dict = without_prefix(ckpt.state_dict, strip_prefix)
     if not ckpt.model_name and model is None:
         raise CheckpointError(f"{path}: a bare state_dict needs --model pkg.module:factory")
     if not ckpt.data_name and data is None:
@@ -301,7 +362,10 @@ def open_checkpoint(
 
 
 def check_compatible(model: nn.Module, data: Any, where: str = "") -> None:
-    """Run two test samples through ``model``: it must accept them and emit ``data.num_outputs``."""
+    """Run two test samples through ``model``: it must accept them and emit ``data.num_outputs``. (A user's
+    stream of batches is checked by its loss on the first batch instead.)"""
+    if getattr(data, "streaming", False):
+        return
     x = data.x_test[:2]
     was_training = model.training
     model.eval()

@@ -27,10 +27,17 @@ Normalization operators (``n_i`` elements in tensor ``i``, ``n`` in all perturbe
 ``inverse_gradient`` T_i = 1 / ||g_i||_2                         GA-SAM ablation
 ==================  ==========================================  =================================
 
-Bias / normalization-layer exclusion (``exclude``) acts on 1-D tensors (biases and the
-weights of BatchNorm/LayerNorm/...): ``"none"`` treats them like the others,
-``"unscaled"`` gives them ``T = 1`` (ASAM's default: no bias normalization),
-``"unperturbed"`` leaves them out of the ball entirely (never perturbed, not counted in ``n``).
+Bias / normalization-layer exclusion (``exclude``) acts on the *exempt* tensors: by default those with
+at most one dimension (biases and the weights of BatchNorm/LayerNorm/...); a caller that knows the
+parameter names passes its own mask (``scaling(..., exempt=...)``: ASAM's optimizers exempt biases only,
+ASAM Sec. 4). ``"none"`` treats them like the others, ``"unscaled"`` gives them ``T = 1`` (ASAM's
+default: no bias normalization), ``"unperturbed"`` leaves them out of the ball entirely (never
+perturbed, not counted in ``n``).
+
+The layer-wise operators (``layer``, ``layer_rms``, ``weight_gradient``, ``gradient``,
+``inverse_gradient``) take one ``T_i`` per tensor, or per group of tensors with ``groups`` (a group id
+per tensor, e.g. one per module so that a layer's weight and bias share ``T_i``: ``||w_i||`` and
+``||g_i||`` over the group's tensors together, ``n_i`` their total size).
 
 Operations (``rho`` the radius, ``q = p / (p - 1)`` the dual exponent):
 
@@ -113,12 +120,22 @@ class Geometry:
         return d
 
     # ------------------------------------------------------------------ T
-    def scaling(self, params: Tensors, grads: Tensors | None = None) -> Scaling:
-        """``T`` at weights ``params`` (and gradient ``grads`` for the gradient-based operators)."""
+    def scaling(self, params: Tensors, grads: Tensors | None = None, exempt: Sequence[bool] | None = None,
+                groups: Sequence[int] | None = None) -> Scaling:
+        """``T`` at weights ``params`` (and gradient ``grads`` for the gradient-based operators).
+
+        ``exempt``: which tensors ``exclude`` applies to (default: those with at most one dimension);
+        ``groups``: a group id per tensor for the layer-wise operators (default: each tensor its own)."""
         if self.needs_grad and grads is None:
             raise ValueError(f"normalization {self.normalization!r} needs the gradient")
-        active = [not (self.exclude == "unperturbed" and p.dim() <= 1) for p in params]
-        scaled = [a and not (self.exclude == "unscaled" and p.dim() <= 1) for a, p in zip(active, params)]
+        if exempt is None:
+            exempt = [p.dim() <= 1 for p in params]
+        elif len(exempt) != len(params):
+            raise ValueError(f"{len(params)} tensors but an exempt mask for {len(exempt)}")
+        if groups is not None and len(groups) != len(params):
+            raise ValueError(f"{len(params)} tensors but group ids for {len(groups)}")
+        active = [not (self.exclude == "unperturbed" and x) for x in exempt]
+        scaled = [a and not (self.exclude == "unscaled" and x) for a, x in zip(active, exempt)]
         factors: list[torch.Tensor | None] = [None] * len(params)
         idx = [i for i, s in enumerate(scaled) if s]
         if self.normalization == "none" or not idx:
@@ -131,20 +148,21 @@ class Geometry:
         elif norm == "filter":
             made = [_filter_norms(t) + self.eta if t.dim() >= 3 else t.abs() + self.eta for t in w]
         elif norm in ("layer", "layer_rms", "weight_gradient"):
-            wn = _acc(torch.stack(torch._foreach_norm(w)))
+            wn = _grouped(_acc(torch.stack(torch._foreach_norm(w))), groups, idx)
             if norm == "layer":
                 tn = wn + self.eta
             elif norm == "layer_rms":
-                tn = wn / _sqrt_sizes(tuple(t.numel() for t in w), wn.dtype, wn.device)
+                tn = wn / _grouped(_sqrt_sizes(tuple(t.numel() for t in w), wn.dtype, wn.device), groups, idx)
             else:
-                tn = wn / _grad_norms([grads[i] for i in idx])  # type: ignore[index]
+                gn = _grad_norms([grads[i] for i in idx], floor=0.0)  # type: ignore[index]
+                tn = wn / _grouped(gn, groups, idx).clamp_min(_TINY)
             made = list(tn.unbind())
         else:
             g = [grads[i].detach() for i in idx]  # type: ignore[index]
             n = sum(params[i].numel() for i, a in enumerate(active) if a)
             if norm == "gradient":
-                gn = _grad_norms(g)
-                sizes = _sqrt_sizes(tuple(t.numel() for t in g), gn.dtype, gn.device)
+                gn = _grouped(_grad_norms(g, floor=0.0), groups, idx).clamp_min(_TINY)
+                sizes = _grouped(_sqrt_sizes(tuple(t.numel() for t in g), gn.dtype, gn.device), groups, idx)
                 made = list((sizes / (gn * math.sqrt(n))).unbind())
             elif norm == "gradient_element":
                 made = [1.0 / (_acc(t.abs()).clamp_min(_TINY) * math.sqrt(n)) for t in g]
@@ -152,7 +170,7 @@ class Geometry:
                 total = torch.linalg.vector_norm(_grad_norms(g, floor=0.0)).clamp_min(_TINY)
                 made = [1.0 / total] * len(g)
             else:  # inverse_gradient
-                made = list((1.0 / _grad_norms(g)).unbind())
+                made = list((1.0 / _grouped(_grad_norms(g, floor=0.0), groups, idx).clamp_min(_TINY)).unbind())
         for i, f in zip(idx, made):
             factors[i] = f.to(params[i].dtype)
         return Scaling(factors, active)
@@ -350,6 +368,26 @@ def _sqrt_sizes(numels: tuple[int, ...], dtype: torch.dtype, device: torch.devic
     """``[sqrt(n_i)]`` on ``device``, built once per layout (a host-to-device copy every step would
     synchronize the device)."""
     return torch.tensor([math.sqrt(n) for n in numels], dtype=dtype, device=device)
+
+
+def _grouped(norms: torch.Tensor, groups: Sequence[int] | None, idx: Sequence[int]) -> torch.Tensor:
+    """Per-tensor L2 norms -> the norm of each tensor's group, ``sqrt(sum_{j in group} norms_j^2)``, one
+    entry per tensor (``groups`` holds a group id per tensor of the full list, ``idx`` the tensors here)."""
+    if groups is None:
+        return norms
+    ids = tuple(groups[i] for i in idx)
+    if len(set(ids)) == len(ids):
+        return norms
+    seg, n = _segments(ids, norms.device)
+    sq = torch.zeros(n, dtype=norms.dtype, device=norms.device).index_add_(0, seg, norms * norms)
+    return sq.sqrt()[seg]
+
+
+@functools.lru_cache(maxsize=64)
+def _segments(ids: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, int]:
+    """Group ids -> dense indices 0..m-1 on ``device`` (built once per layout, no per-step copy) and m."""
+    dense = {g: k for k, g in enumerate(dict.fromkeys(ids))}
+    return torch.tensor([dense[g] for g in ids], dtype=torch.long, device=device), len(dense)
 
 
 def _filter_norms(w: torch.Tensor) -> torch.Tensor:

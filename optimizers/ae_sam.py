@@ -12,7 +12,16 @@ running mean and variance (exponential moving averages with decay ``delta = ema_
 
 ``T`` is the run's total number of steps (set by the trainer). Defaults ``delta = 0.9``,
 ``c_start = 1``, ``c_end = -1``: SAM is rare early (above one standard deviation) and frequent late
-(above mean minus one), about half of the steps overall for Gaussian ``s_t``. The gradient is
+(above mean minus one), about half of the steps overall for Gaussian ``s_t``.
+
+Source and how far it goes. The paper is not in the seeds and no code by the authors was found
+(searched GitHub and the paper's pages). The structure above - the squared stochastic gradient norm as
+the sharpness signal, its mean and variance tracked by exponential moving averages with forgetting rate
+``delta``, SAM iff ``s_t >= mu_t + c_t sigma_t``, ``c_t`` linear in ``t / T`` between the paper's
+``lambda_2`` (start) and ``lambda_1`` (end) - matches the paper's introduction (arXiv:2304.14647, Sec. 1
+and 3) and public summaries of its Alg. 1; the exact update order (``mu_t`` before ``sigma_t``, ``sigma_t``
+around the new ``mu_t``), the zero initial EMAs and the defaults ``delta = 0.9``, ``lambda_1 = -1``,
+``lambda_2 = 1`` are from our reading of the paper and could not be re-checked here. The gradient is
 all-reduced before ``s_t`` is taken, so every DDP replica decides alike; the EMAs are float64 scalars
 in ``state_dict()``. An inf/NaN ``s_t`` (fp16 overflow) leaves the EMAs alone and the step is skipped.
 ``rho = 0`` (or ``c_start = c_end = inf``) is the base optimizer exactly.
@@ -47,11 +56,12 @@ class AESAM(FamilyState, SAM):
         normalization: str = "none",
         eta: float = 0.0,
         exclude: str = "none",
+        exempt: str = "1d",
     ) -> None:
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
         super().__init__(params, base=base, base_kwargs=base_kwargs, max_grad_norm=max_grad_norm, rho=rho, p=p,
-                         normalization=normalization, eta=eta, exclude=exclude, sync_perturbation=True)
+                         normalization=normalization, eta=eta, exclude=exclude, exempt=exempt, sync_perturbation=True)
         self.ema_decay, self.c_start, self.c_end = float(ema_decay), float(c_start), float(c_end)
         self.mu, self.var = 0.0, 0.0
         self._init_family()

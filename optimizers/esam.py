@@ -17,13 +17,20 @@ Two changes to SAM, both toward less computation:
 
       w <- base_update(w, grad L_{B+}(w + e)),   B+ = top-ceil(gamma |B|) of l_i(w + e) - l_i(w)
 
+Source: the paper (not in the seeds) and the authors' code, github.com/dydjw9/Efficient_SAM,
+``utils/Esam.py``: ``ESAM.first_step`` (``scale = rho / (||g_S|| + 1e-7) / beta``, the norm over the
+tensors that have a gradient), ``ESAM.second_step`` (after the update, each tensor stays out of the next
+step's first backward with probability ``1 - beta``: ``random.random() > beta`` turns its
+``requires_grad`` off) and ``ESAM.step`` (SDS: ``position = int(gamma |B|)``, keep ``l_after - l_before >
+cutoff`` with ``cutoff`` the ``position``-th largest; ``l_before`` from the training forward pass).
 Deviations from the authors' code, for exactness here: the ``ceil(gamma |B|)`` largest are kept
 (their ``> cutoff`` keeps one fewer); the per-sample losses come from two no-grad forward passes
 (:meth:`~optimizers.closure.StepClosure.per_sample_losses`, BatchNorm frozen), at ``w`` and ``w + e``,
 rather than from the first training pass; the first pass computes every tensor's gradient and the mask
 is applied afterwards (toggling ``requires_grad`` per step breaks DDP's reducer and recompiles
-``torch.compile``d models), so SWP's backward saving is not realized. The mask comes from the
-optimizer's own generator (seeded by the trainer, in ``state_dict()``), identical on every replica.
+``torch.compile``d models), so SWP's backward saving is not realized; the mask of step ``t`` is drawn at
+step ``t`` (theirs at the end of step ``t - 1``, so their first step perturbs every tensor). The mask comes
+from the optimizer's own generator (seeded by the trainer, in ``state_dict()``), identical on every replica.
 ``swp_prob = sds_fraction = 1`` is SAM exactly; ``rho = 0`` with ``sds_fraction = 1`` is the base
 optimizer exactly. Defaults ``beta = 0.6``, ``gamma = 0.5`` are the authors' CIFAR settings.
 """
@@ -56,12 +63,14 @@ class ESAM(FamilyState, SAM):
         normalization: str = "none",
         eta: float = 0.0,
         exclude: str = "none",
+        exempt: str = "1d",
         sync_perturbation: bool = False,
     ) -> None:
         if not 0.0 < swp_prob <= 1.0 or not 0.0 < sds_fraction <= 1.0:
             raise ValueError("swp_prob and sds_fraction must be in (0, 1]")
         super().__init__(params, base=base, base_kwargs=base_kwargs, max_grad_norm=max_grad_norm, rho=rho, p=p,
-                         normalization=normalization, eta=eta, exclude=exclude, sync_perturbation=sync_perturbation)
+                         normalization=normalization, eta=eta, exclude=exclude, exempt=exempt,
+                         sync_perturbation=sync_perturbation)
         self.swp_prob, self.sds_fraction = float(swp_prob), float(sds_fraction)
         self._init_family()
         self._selected: set[int] | None = None  # ids of the tensors perturbed this step
@@ -74,7 +83,7 @@ class ESAM(FamilyState, SAM):
 
     def perturbation(self, params: list[torch.Tensor], grads: list[torch.Tensor]) -> list[torch.Tensor]:
         """``e = (rho / beta) * ascent`` over the tensors selected this step (the others stay put)."""
-        scaling = self.geometry.scaling(params, grads)
+        scaling = self.scaling(params, grads)
         if self._selected is not None:
             scaling.active = [a and id(p) in self._selected for a, p in zip(scaling.active, params)]
         return self.geometry.ascent(grads, scaling, self.radius() / self.swp_prob)

@@ -30,6 +30,25 @@ Registered configurations (their own defaults, the paper's IMDB settings of App.
 * ``layer_sam`` (Liu et al. 2022): single-step SAM with ``T_i = ||w_i||_2 / ||g_i||_2``: ``p = 2``,
   ``rho = 1e-5`` (a :class:`optimizers.sam.SAM` configuration).
 
+Source: Zhang, Luo, Su, Sun, "GA-SAM: Gradient-Strength based Adaptive Sharpness-Aware Minimization for
+Improved Generalization", EMNLP 2022 (ga-sam.txt): eqs. 13-18 and Algo. 1; settings of App. C.2. No code
+by the authors was found. Two readings the paper leaves open:
+
+* *what a layer is.* Eq. 13's groups are general ("``l`` is the layer number when layer-wise", Sec. 2.1);
+  the paper never says whether a layer's bias shares its weight's ``T_i``, and its Fig. 5 calls a whole
+  Transformer block a layer. ``grouping="tensor"`` (default: each parameter tensor its own group, as
+  layer-wise rules usually act, e.g. LAMB) or ``"module"`` (the tensors of one module - a Linear's weight
+  and bias - together: ``||g_i||`` over both, ``n_i`` their total size; needs
+  ``model.named_parameters()``, which the trainer passes). On the LayerNorm MLP of the tests one step
+  at rho = 0.05 differs by 1.8e-3 between the two (5.6e-6 at rho = 1e-4).
+* *when T is computed.* Algo. 1 writes "Calculate T" (line 2) above the ``while Training`` loop, but
+  ``T`` depends on ``g``, and Sec. 5.5 / Figs. 4-5 argue from gradient strengths that change over training;
+  here ``T`` is recomputed from ``g_0`` at every step and held through its ``K`` ascent steps.
+
+Layer-SAM (Liu, Mai, Chen, Hsieh, You 2021, "Sharpness-aware minimization in large-batch training") is
+implemented as GA-SAM describes it (Secs. 3.1, 4.2, App. C.2: single step, ``T_i = ||w_i|| / ||g_i||``,
+``L_2`` ball); the original paper was not read. The multi-step defense (Zhang et al. 2021) likewise.
+
 BatchNorm statistics are updated by the pass at ``w`` only. ``K = 0`` or ``rho = 0`` (or an epoch
 before ``start_epoch``) is one plain pass: the base optimizer exactly. Under DDP the passes run
 without the all-reduce (each replica attacks its own shard) and the mean gradient is all-reduced
@@ -40,6 +59,7 @@ scaler's units (a multiplication by a power of two, exact) for the single unscal
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, Iterable
 
 import torch
@@ -47,6 +67,8 @@ import torch
 from optimizers import register_optimizer
 from optimizers.base import preset
 from optimizers.sam import SAM, copy_of
+
+GROUPINGS = ("tensor", "module")
 
 
 class GASAM(SAM):
@@ -72,16 +94,20 @@ class GASAM(SAM):
         normalization: str = "gradient",
         eta: float = 0.0,
         exclude: str = "none",
+        exempt: str = "1d",
         single_step: bool = False,
         start_epoch: int = 0,
+        grouping: str = "tensor",
         sync_perturbation: bool = False,
     ) -> None:
+        if grouping not in GROUPINGS:
+            raise ValueError(f"grouping must be one of {', '.join(GROUPINGS)}; got {grouping!r}")
         if int(ascent_steps) != ascent_steps or ascent_steps < 0:
             raise ValueError(f"ascent_steps must be an integer >= 0, got {ascent_steps}")
         if step_size is not None and step_size < 0:
             raise ValueError(f"step_size must be >= 0, got {step_size}")
         super().__init__(params, base=base, base_kwargs=base_kwargs, max_grad_norm=max_grad_norm, rho=rho, p=p,
-                         normalization=normalization, eta=eta, exclude=exclude,
+                         normalization=normalization, eta=eta, exclude=exclude, exempt=exempt,
                          sync_perturbation=sync_perturbation)
         if float(self.geometry.p) not in (2.0, float("inf")):
             raise ValueError(f"GA-SAM projects onto L2 or Linf balls (eqs. 17-18); p must be 2 or inf, got {p}")
@@ -89,6 +115,22 @@ class GASAM(SAM):
         self.step_size = None if step_size is None else float(step_size)
         self.single_step = bool(single_step)
         self.start_epoch = int(start_epoch)
+        self.grouping = grouping
+        if grouping == "module" and len(self.param_names) < sum(len(g["params"]) for g in self.param_groups):
+            warnings.warn(f"{type(self).__name__}: grouping='module' needs parameter names (pass "
+                          "model.named_parameters()); one group per tensor instead", stacklevel=2)
+
+    def groups(self, params: list[torch.Tensor]) -> list[int] | None:
+        """``grouping="module"``: one group per module (the parameter name without its last component),
+        so a layer's weight and bias share ``T_i``; ``"tensor"``: ``None``, each tensor its own group."""
+        if self.grouping != "module" or not self.param_names:
+            return None
+        ids: dict[str, int] = {}
+        out = []
+        for i, q in enumerate(params):
+            name = self.param_names.get(id(q))
+            out.append(ids.setdefault(name.rsplit(".", 1)[0], len(ids)) if name is not None else -1 - i)
+        return out
 
     def eta_step(self) -> float:
         """The ascent step size ``eta`` (``1.5 rho / K`` unless ``step_size`` is given)."""
@@ -111,7 +153,7 @@ class GASAM(SAM):
             loss = closure(sync=sync)  # g_0 at w; BatchNorm statistics updated here only
         params = self.params_with_grad()
         grads = self.unscaled_grads(params)  # g_0, true units
-        scaling = self.geometry.scaling(params, grads)  # T from g_0, once per step (Algo. 1 line 2)
+        scaling = self.scaling(params, grads)  # T from g_0, once per step (Algo. 1 line 2)
         origin = copy_of(params)
         self._saved = (params, origin)
         mean = None if self.single_step else grads  # the running mean starts as g_0 itself (no copy)

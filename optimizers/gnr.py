@@ -73,6 +73,7 @@ class GNR(FamilyState, SAM):
         normalization: str = "none",
         eta: float = 0.0,
         exclude: str = "none",
+        exempt: str = "1d",
     ) -> None:
         if oracle not in ORACLES:
             raise ValueError(f"oracle must be one of {', '.join(ORACLES)}; got {oracle!r}")
@@ -83,7 +84,7 @@ class GNR(FamilyState, SAM):
         if alpha < 0 or oracle_rho < 0 or fd_radius <= 0:
             raise ValueError("alpha and oracle_rho must be >= 0 and fd_radius > 0")
         super().__init__(params, base=base, base_kwargs=base_kwargs, max_grad_norm=max_grad_norm, rho=rho, p=p,
-                         normalization=normalization, eta=eta, exclude=exclude)
+                         normalization=normalization, eta=eta, exclude=exclude, exempt=exempt)
         self.alpha, self.oracle, self.oracle_rho = float(alpha), oracle, float(oracle_rho)
         self.oracle_decay, self.hvp, self.fd_radius = float(oracle_decay), hvp, float(fd_radius)
         self.fraction = float(gnr_fraction)
@@ -109,7 +110,7 @@ class GNR(FamilyState, SAM):
         return list(torch._foreach_div(out, scale)) if scale != 1.0 else out
 
     def _ascent(self, params: list[torch.Tensor], direction: list[torch.Tensor], radius: float) -> list[torch.Tensor]:
-        return self.geometry.ascent(direction, self.geometry.scaling(params, direction), radius)
+        return self.geometry.ascent(direction, self.scaling(params, direction), radius)
 
     @staticmethod
     def _place(params: list[torch.Tensor], origin: list[torch.Tensor], *moves: list[torch.Tensor]) -> None:

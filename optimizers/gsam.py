@@ -77,12 +77,13 @@ class GSAM(SAM):
         normalization: str = "none",
         eta: float = 0.0,
         exclude: str = "none",
+        exempt: str = "1d",
         sync_perturbation: bool = False,
     ) -> None:
         if rho_min < 0 or rho_max < 0:
             raise ValueError(f"rho_max and rho_min must be >= 0, got {rho_max}, {rho_min}")
         super().__init__(params, base=base, base_kwargs=base_kwargs, max_grad_norm=max_grad_norm, rho=rho_max,
-                         p=p, normalization=normalization, eta=eta, exclude=exclude,
+                         p=p, normalization=normalization, eta=eta, exclude=exclude, exempt=exempt,
                          sync_perturbation=sync_perturbation)
         self.rho_max, self.rho_min, self.alpha = float(rho_max), float(rho_min), float(alpha)
         self._lr0 = float(self.param_groups[0]["lr"])
@@ -106,8 +107,7 @@ class GSAM(SAM):
 
     def perturbation(self, params: list[torch.Tensor], grads: list[torch.Tensor]) -> list[torch.Tensor]:
         """``rho_t T^2 g / (||T g|| + eps)`` (p = 2; Algo. 1 step 1a), ``rho_t T sgn(g)`` (p = inf)."""
-        scaling = self.geometry.scaling(params, grads)
-        return self.geometry.ascent(grads, scaling, self.radius(), eps=self.perturb_eps)
+        return self.geometry.ascent(grads, self.scaling(params, grads), self.radius(), eps=self.perturb_eps)
 
     # -- the step -------------------------------------------------------------------------
     def compute_gradients(self, closure: Callable[..., torch.Tensor]) -> torch.Tensor:
@@ -174,8 +174,10 @@ class GSAM(SAM):
 ASAMAscent = preset(
     GSAM, "ASAMAscent",
     """ASAM+ascent (GSAM paper Sec. 6.5): GSAM whose perturbation is ASAM's (``T = |w| + eta`` element-wise,
-    biases unscaled), with rho 10x GSAM's as the papers recommend for ASAM.""",
-    rho_max=0.4, rho_min=0.2, normalization="element", eta=0.01, exclude="unscaled")
+    biases unscaled), with rho 10x GSAM's as the papers recommend for ASAM. The GSAM authors' code
+    (github.com/juntang-zhuang/GSAM, ``gsam/gsam.py``, ``adaptive=True``) uses ``T = |w|`` on every tensor,
+    biases included, without ``eta``: ``eta=0, exclude="none"`` here.""",
+    rho_max=0.4, rho_min=0.2, normalization="element", eta=0.01, exclude="unscaled", exempt="bias")
 
 register_optimizer("gsam")(GSAM)
 register_optimizer("asam_ascent")(ASAMAscent)

@@ -9,10 +9,20 @@ Step ``t`` (0-based), ``g = grad L_B(w)``::
     otherwise:   update with g + alpha (||g|| / ||g_v||) g_v                (1 pass)
 
 Norms and dot products are global (over all parameters, as in the paper); ``per_tensor=True`` takes them
-per parameter tensor (the layer-wise form). ``g_v`` is kept per parameter in the optimizer state (it is
-LookSAM's memory; it resumes with the state). ``rho = 0`` means ``g_s = g`` and ``g_v = 0``: the base
-optimizer exactly. Both passes of a SAM step and the single pass of the others are all-reduced under
-DDP (``g_v`` must be the same on every replica).
+per parameter tensor (the layer-wise form).
+
+Source: Liu, Mai, Chen, Hsieh, You, CVPR 2022 (arXiv:2203.02714), Alg. 1: ``g_v`` from the SAM
+gradient's component orthogonal to ``g`` every ``k`` steps, reused with the adaptive ratio
+``alpha ||g|| / ||g_v||`` in between; defaults ``k = 5``, ``alpha = 0.7`` (the paper's LookSAM-5, as we
+read it). The paper is not in the seeds; the equations above are our reading of it, consistent with
+AE-SAM's description (Sec. 1) and with public implementations. No code by the authors is public; the
+widely used unofficial one (github.com/rollovd/LookSAM, ``looksam.py``, ``LookSAM.step``) projects and
+rescales per parameter tensor, i.e. ``per_tensor=True``.
+
+``g_v`` is kept per parameter in the optimizer state (it is LookSAM's memory; it resumes with the
+state). ``rho = 0`` means ``g_s = g`` and ``g_v = 0``: the base optimizer exactly. Both passes of a SAM
+step and the single pass of the others are all-reduced under DDP (``g_v`` must be the same on every
+replica).
 """
 from __future__ import annotations
 
@@ -48,13 +58,14 @@ class LookSAM(FamilyState, SAM):
         normalization: str = "none",
         eta: float = 0.0,
         exclude: str = "none",
+        exempt: str = "1d",
     ) -> None:
         if int(k) != k or k < 1:
             raise ValueError(f"k must be a positive integer, got {k}")
         if alpha < 0:
             raise ValueError(f"alpha must be >= 0, got {alpha}")
         super().__init__(params, base=base, base_kwargs=base_kwargs, max_grad_norm=max_grad_norm, rho=rho, p=p,
-                         normalization=normalization, eta=eta, exclude=exclude, sync_perturbation=True)
+                         normalization=normalization, eta=eta, exclude=exclude, exempt=exempt, sync_perturbation=True)
         self.k, self.alpha, self.per_tensor = int(k), float(alpha), bool(per_tensor)
         self._init_family()
         self.last_sam_step = False

@@ -14,6 +14,15 @@ with the scheduling function ``p_t`` (``prob_schedule``; ``T`` the run's total s
 * ``linear``:   ``p_t = prob_start + (prob - prob_start) t / T``,
 * ``cosine``:   ``p_t = prob + (prob_start - prob) (1 + cos(pi t / T)) / 2``.
 
+Source and how far it goes. The paper (arXiv:2203.09962, first circulated as "SS-SAM: Stochastic
+Scheduled Sharpness-Aware Minimization", Zhao, Zhang, Hu 2022) is not in the seeds and no code by the
+authors was found. What is certain (the paper's abstract, its ICLR 2023 submission and AE-SAM's Sec. 1):
+every step draws SAM or ERM by a Bernoulli trial whose probability follows a predefined scheduling
+function, and the paper studies four kinds of them - constant, piecewise, linear and trigonometric
+(as the SS-SAM preprint was reported). Here: constant (LETS's RST baseline uses ``p = 0.5``), linear and
+cosine (a trigonometric one), parametrized by us; the piecewise kind, the paper's exact parametrizations
+and its generalization G-RST are not implemented or checked.
+
 The draws come from the optimizer's own generator (seeded by the trainer with the run's seed, saved in
 ``state_dict()``, one uniform per step whatever ``p_t``), so a resumed run draws the same sequence and
 every DDP replica takes the same decision. ``prob = 0`` is the base optimizer exactly; ``prob = 1`` is SAM.
@@ -50,6 +59,7 @@ class RST(FamilyState, SAM):
         normalization: str = "none",
         eta: float = 0.0,
         exclude: str = "none",
+        exempt: str = "1d",
         sync_perturbation: bool = False,
     ) -> None:
         if prob_schedule not in PROB_SCHEDULES:
@@ -57,7 +67,8 @@ class RST(FamilyState, SAM):
         if not (0.0 <= prob <= 1.0 and 0.0 <= prob_start <= 1.0):
             raise ValueError("prob and prob_start must be in [0, 1]")
         super().__init__(params, base=base, base_kwargs=base_kwargs, max_grad_norm=max_grad_norm, rho=rho, p=p,
-                         normalization=normalization, eta=eta, exclude=exclude, sync_perturbation=sync_perturbation)
+                         normalization=normalization, eta=eta, exclude=exclude, exempt=exempt,
+                         sync_perturbation=sync_perturbation)
         self.prob, self.prob_schedule, self.prob_start = float(prob), prob_schedule, float(prob_start)
         self._init_family()
         self.last_sam_step = False

@@ -1,12 +1,26 @@
 """SAM and ASAM: descend with the gradient at the worst nearby point.
 
-SAM (Foret et al. 2021) and ASAM (Kwon et al. 2021, eq. 3 and Sec. 4)::
+SAM (Foret et al. 2021) and ASAM (Kwon et al. 2021, Sec. 4 and Alg. 1)::
 
     e_t     = argmax_{||T^{-1} e||_p <= rho} e . g_t            (landscape.geometry.Geometry.ascent)
             = rho T^2 g_t / ||T g_t||_2                          (p = 2)
     w_{t+1} = base_update(w_t, grad L_B(w_t + e_t))
 
 with ``T = 1`` for SAM and ``T = |w| + eta`` (element) or the filter-wise operator for ASAM.
+
+Sources. SAM: Foret et al., ICLR 2021, eqs. 2-3 and Alg. 1. ASAM: Kwon et al., ICML 2021 (asam.txt),
+Sec. 4, eq. 7 and Alg. 1, with the element-wise/filter-wise ``T`` of Sec. 3 (eq. 5; ``T + eta I`` for
+stability), and Sec. 3: "diagonal elements of T_w corresponding to biases must be replaced by constants",
+i.e. ``T = 1`` on biases only, the setting of all their experiments ("not to employ bias normalization",
+Sec. 5.2). The authors' code (github.com/SamsungLabs/ASAM, ``asam.py``, ``ASAM.ascent_step``) scales
+every parameter whose name contains ``weight`` - BatchNorm/LayerNorm scales included - and nothing
+else; on standard layers that is the paper's rule. ``exempt`` says which tensors ``exclude`` acts on:
+``"bias"`` (ASAM's default: tensors whose name's last component ends in ``bias``; needs the parameter
+names, i.e. ``model.named_parameters()``, which the trainer passes; given bare tensors it falls back to
+``"1d"`` with a warning) or ``"1d"`` (every tensor with at most one dimension: biases *and*
+normalization-layer scales, this project's earlier rule). With a LayerNorm the two differ (one float64
+step of the LayerNorm toy in the tests by 2.3e-4).
+
 :class:`SAM` is also the base of the family: subclasses change the radius
 (:meth:`SAM.radius`), the perturbation (:meth:`SAM.perturbation`) or the step itself
 (:meth:`SAM.compute_gradients`).
@@ -30,6 +44,7 @@ autocast needs no scaler.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, Iterable
 
 import torch
@@ -37,6 +52,8 @@ import torch
 from landscape.geometry import Geometry, Scaling
 from optimizers import register_optimizer
 from optimizers.base import ClosureOptimizer, preset
+
+EXEMPT = ("1d", "bias")
 
 
 def copy_of(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -66,13 +83,25 @@ class SAM(ClosureOptimizer):
         normalization: str = "none",
         eta: float = 0.0,
         exclude: str = "none",
+        exempt: str = "1d",
         sync_perturbation: bool = False,
     ) -> None:
         if rho < 0:
             raise ValueError(f"rho must be >= 0, got {rho}")
+        if exempt not in EXEMPT:
+            raise ValueError(f"exempt must be one of {', '.join(EXEMPT)}; got {exempt!r}")
         super().__init__(params, base=base, base_kwargs=base_kwargs, max_grad_norm=max_grad_norm)
         self.rho = float(rho)
         self.geometry = Geometry(p=p, normalization=normalization, eta=eta, exclude=exclude)
+        self.exempt = exempt
+        # parameter names (given model.named_parameters()), by tensor identity
+        self.param_names: dict[int, str] = {id(q): n for g in self.param_groups
+                                            for q, n in zip(g["params"], g.get("param_names", ()))}
+        if exempt == "bias" and exclude != "none" and len(self.param_names) < sum(len(g["params"])
+                                                                                 for g in self.param_groups):
+            warnings.warn(f"{type(self).__name__}: parameter names unknown (pass model.named_parameters()); "
+                          "exempting every tensor with at most one dimension, normalization-layer scales "
+                          "included, instead of the biases only", stacklevel=2)
         self.sync_perturbation = bool(sync_perturbation)
         # Transient, between first_step and restore only: the perturbed tensors and their values.
         self._saved: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
@@ -97,10 +126,25 @@ class SAM(ClosureOptimizer):
         """The radius ``rho`` of this step (GSAM ties it to the lr, LETS learns it)."""
         return self.rho
 
+    def scaling(self, params: list[torch.Tensor], grads: list[torch.Tensor] | None) -> Scaling:
+        """``T`` at ``params`` (the geometry's operator, with this optimizer's exempt tensors and groups)."""
+        return self.geometry.scaling(params, grads, exempt=self.exempt_mask(params), groups=self.groups(params))
+
+    def exempt_mask(self, params: list[torch.Tensor]) -> list[bool] | None:
+        """Which tensors ``exclude`` acts on; ``None``: the geometry's default (at most one dimension)."""
+        if self.exempt != "bias" or self.geometry.exclude == "none" or not self.param_names:
+            return None
+        names = self.param_names
+        return [n.rsplit(".", 1)[-1].endswith("bias") if (n := names.get(id(q))) is not None else q.dim() <= 1
+                for q in params]
+
+    def groups(self, params: list[torch.Tensor]) -> list[int] | None:
+        """Group ids of the layer-wise operators; ``None``: one group per tensor (GA-SAM overrides)."""
+        return None
+
     def perturbation(self, params: list[torch.Tensor], grads: list[torch.Tensor]) -> list[torch.Tensor]:
         """``e = argmax_{||T^{-1} e||_p <= rho} e . g`` at the current weights."""
-        scaling: Scaling = self.geometry.scaling(params, grads)
-        return self.geometry.ascent(grads, scaling, self.radius())
+        return self.geometry.ascent(grads, self.scaling(params, grads), self.radius())
 
     @torch.no_grad()
     def first_step(self, zero_grad: bool = False) -> None:
@@ -162,11 +206,12 @@ class SAM(ClosureOptimizer):
 
 ASAM = preset(
     SAM, "ASAM",
-    """Adaptive SAM (Kwon et al. 2021): ``T = |w| + eta`` element-wise (or filter-wise), biases and
-    normalization weights unscaled, ``rho = 0.5`` (the paper's CIFAR-10 setting).""",
-    rho=0.5, normalization="element", eta=0.01, exclude="unscaled")
+    """Adaptive SAM (Kwon et al. 2021): ``T = |w| + eta`` element-wise (or filter-wise), biases unscaled
+    (Sec. 3; ``exempt="1d"`` also leaves normalization-layer scales unscaled), ``rho = 0.5`` (the paper's
+    CIFAR-10 setting).""",
+    rho=0.5, normalization="element", eta=0.01, exclude="unscaled", exempt="bias")
 
 register_optimizer("sam")(SAM)
 register_optimizer("asam")(ASAM)
 
-__all__ = ["ASAM", "SAM", "copy_of"]
+__all__ = ["ASAM", "EXEMPT", "SAM", "copy_of"]

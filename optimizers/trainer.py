@@ -80,6 +80,9 @@ class Trainer:
         if c.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.data = get_dataset(c.data, **c.data_kwargs)
+        if not isinstance(self.data, DataBundle):
+            raise ValueError(f"--data {c.data} gave {type(self.data).__name__}; training needs a "
+                             "landscape.data.DataBundle (a DataLoader-returning factory is for analysis commands)")
         self.model_kwargs = resolve_model_kwargs(c, self.data)
         torch.manual_seed(c.seed)
         self.model: nn.Module = build_model(c.model, **self.model_kwargs).to(self.device)
@@ -93,7 +96,7 @@ class Trainer:
             forward_model = torch.compile(forward_model)
         base = self.config.base
         self.optimizer: ClosureOptimizer = build_optimizer(
-            c.optimizer, self.model.parameters(), base=base,
+            c.optimizer, self.model.named_parameters(), base=base,
             base_kwargs=c.base_kwargs(base or ("adamw" if c.optimizer == "adamw" else "sgd")),
             max_grad_norm=c.grad_clip, **c.hparams)
         for group in self.optimizer.param_groups:

@@ -15,6 +15,15 @@ from tests.curvature_helpers import bn_net
 from tests.fixtures import blobs
 
 
+class Keyed(torch.nn.Module):
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return self.net(input)
+
+
 def main(out: str) -> None:
     D.init_from_env("cpu")
     d = blobs(n_train=41)  # odd: the two shards differ in size
@@ -25,6 +34,12 @@ def main(out: str) -> None:
            "hv": obj.hvp(v).tolist(), "ggn_v": obj.gvp(v).tolist(), "fisher_v": obj.fvp(v).tolist(),
            "eigenvalues": lanczos(obj, 3, tol=1e-10).eigenvalues.tolist(),
            "trace": hutchinson(obj, max_samples=16, rtol=None).trace}
+    # the same data as a stream of dict batches with a criterion: ranks take batches rank::world
+    x, y = d.x_train.double(), d.y_train
+    batches = [{"input": x[i:i + 5], "labels": y[i:i + 5]} for i in range(0, len(x), 5)]
+    stream = Objective(Keyed(obj.model), batches, loss=torch.nn.CrossEntropyLoss())
+    res.update({"stream_loss": stream.evaluate()["loss"], "stream_hv": stream.hvp(v).tolist(),
+                "stream_fisher_v": stream.fvp(v).tolist(), "stream_samples": stream.num_samples})
     if D.is_main():
         with open(out, "w") as f:
             json.dump(res, f)

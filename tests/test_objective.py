@@ -242,6 +242,9 @@ def test_two_gloo_processes_equal_single_process(tmp_path):
     assert d["world_size"] == 2 and s["world_size"] == 1
     for key in ("loss", "acc", "grad", "hv", "ggn_v", "fisher_v", "eigenvalues", "trace"):
         np.testing.assert_allclose(d[key], s[key], rtol=1e-10, atol=1e-12, err_msg=key)
+    for key in ("loss", "hv", "fisher_v"):  # a stream sharded by batches equals the in-memory data
+        np.testing.assert_allclose(d[f"stream_{key}"], s[key], rtol=1e-10, atol=1e-12, err_msg=key)
+    assert d["stream_samples"] == s["stream_samples"] == 41
 
 
 BUILTIN = [CASES[i] for i in (1, 4, 7, 12, 14, 16, 18)]  # one small configuration per architecture

@@ -23,7 +23,8 @@ def with_val(opt, c):
 
 
 def lets_reference(F: Flat, w, rho0, steps, direction, beta_lr=1e-4, decay=0.99999):
-    """Alg. 1 by hand: SAM step with rho = exp(beta), then Adam on beta with the first-order hypergradient."""
+    """Alg. 1 by hand: SAM step with rho = exp(beta), then Adam on beta with the first-order hypergradient
+    (the rank-one reading of eq. 5, ``lets_hessian="outer"``; the diagonal default is in test_optimizers_fidelity)."""
     xv, yv = val_batch()
     beta, m, v, buf = math.log(rho0), 0.0, 0.0, None
     hyper = []
@@ -35,7 +36,7 @@ def lets_reference(F: Flat, w, rho0, steps, direction, beta_lr=1e-4, decay=0.999
         # the closure reports losses in float32 (StepClosure's convention); round them the same way
         gap = float(F.loss(w, xv, yv).float()) - float(F.loss(w).float())
         d = F.grad(w, xv, yv) - F.grad(w)
-        dfdrho = 2 * gap * float(d @ (-LR * ghat * (ghat @ u)))
+        dfdrho = gap * float(d @ (-LR * ghat * (ghat @ u)))  # F = gap^2 / 2, H ~ g_hat g_hat^T
         dfdbeta = rho * dfdrho
         hyper.append(dfdbeta)
         m = B1 * m + (1 - B1) * dfdbeta
@@ -47,7 +48,8 @@ def lets_reference(F: Flat, w, rho0, steps, direction, beta_lr=1e-4, decay=0.999
 
 def test_lets_sam_equals_hand_written_algorithm():
     rho0 = 0.05
-    opt, F, w0, got = run("lets_sam", steps=3, rho=rho0, setup=with_val, beta_lr=1e-2, beta_lr_decay=0.9)
+    opt, F, w0, got = run("lets_sam", steps=3, rho=rho0, setup=with_val, beta_lr=1e-2, beta_lr_decay=0.9,
+                            lets_hessian="outer")
     ref_w, ref_beta, hyper = lets_reference(F, w0, rho0, 3, lambda w, g: unit(g), beta_lr=1e-2, decay=0.9)
     assert_close(got, ref_w)
     assert abs(opt.beta - ref_beta) < 1e-10 and abs(opt.beta - math.log(rho0)) > 1e-3  # rho moved
@@ -65,7 +67,8 @@ def test_lets_asam_equals_hand_written_algorithm():
                        for t in F.unflat(w).values()])
         return T**2 * g / (T * g).norm()
 
-    opt, F, w0, got = run("lets_asam", steps=2, rho=rho0, eta=eta, setup=with_val, beta_lr=1e-2)
+    opt, F, w0, got = run("lets_asam", steps=2, rho=rho0, eta=eta, setup=with_val, beta_lr=1e-2,
+                            lets_hessian="outer")
     ref_w, ref_beta, _ = lets_reference(F, w0, rho0, 2, asam_u, beta_lr=1e-2)
     assert names == F.names
     assert_close(got, ref_w)

@@ -28,7 +28,27 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         importlib.import_module(f"landscape.cli.{name}").add_parser(sub)
+    for p in sub.choices.values():  # every command takes --threads (demo and study define their own)
+        if not any("--threads" in a.option_strings for a in p._actions):
+            p.add_argument("--threads", type=int, default=None, metavar="N",
+                           help="torch CPU threads [default: $OMP_NUM_THREADS if set, else 1; 0: torch's default, "
+                                "one per core]")
+            p.set_defaults(set_threads=True)
     return parser
+
+
+def default_threads(value: int | None) -> int | None:
+    """Threads for ``--threads value``: ``value``; unset, ``$OMP_NUM_THREADS`` if it is set, else 1 (never
+    oversubscribes a shared machine: on a busy 2-core machine two threads made analyze 30x slower than one);
+    0: None (torch's default, one per core)."""
+    import os
+
+    if value is None:
+        env = os.environ.get("OMP_NUM_THREADS", "")
+        value = int(env) if env.isdigit() and int(env) > 0 else 1
+    if value < 0:
+        raise ValueError(f"--threads must be >= 0, got {value}")
+    return value or None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -40,9 +60,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         TrainingDiverged = RuntimeError  # type: ignore[misc,assignment]
     parser = build_parser()
     args = parser.parse_args(argv)
+    import torch
+
     from landscape.distributed import process_group
 
+    before = torch.get_num_threads()
     try:
+        threads = default_threads(args.threads) if getattr(args, "set_threads", False) else None
+        if threads is not None:
+            torch.set_num_threads(threads)
         with process_group():
             return int(args.func(args) or 0)
     except TrainingDiverged as e:
@@ -56,6 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("landscape: interrupted", file=sys.stderr)
         return 130
+    finally:
+        torch.set_num_threads(before)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from landscape.cli.common import add_entry_point_args, open_from_args
+from landscape.cli.common import add_entry_point_args, loss_from_args, open_from_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         if args.json is None:
             args.json = Path(f"{stem}.analysis.json")
     report = analyze(model, data, args, header=header, json_path=args.json, resume=not args.restart,
-                     progress=not args.quiet)
+                     progress=not args.quiet, loss=loss_from_args(args))
     written = [] if args.json is None else [str(args.json)]
     if stem is not None:
         report = {**report, "optimizer": ckpt.optimizer}
@@ -89,8 +89,9 @@ def report_html(args: argparse.Namespace, ckpt: Any, model: Any, data: Any, repo
     from landscape.cli import landscape_args as A
     from landscape.report import html_report
 
+    splits = [s for s in ("train", "test") if s in getattr(data, "splits", ("train", "test"))]
     largs = argparse.Namespace(subset=args.landscape_subset or None, seed=args.seed, params=args.params,
-                               batch_size=args.batch_size, dtype=args.dtype, split=["train", "test"])
+                               batch_size=args.batch_size, dtype=args.dtype, split=splits, loss=args.loss)
     device = A.setup_device(args)
     objs = A.objectives(model, data, largs, device)
     head = A.header(ckpt, largs)

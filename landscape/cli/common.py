@@ -32,8 +32,16 @@ def add_entry_point_args(p: argparse.ArgumentParser) -> None:
                    help="build the model with this factory (required for a bare state_dict)")
     g.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="keyword argument of --model")
     g.add_argument("--data", metavar="PKG.MODULE:FACTORY", default=None,
-                   help="build the data with this factory (returns a landscape.data.DataBundle)")
+                   help="build the data with this factory: a landscape.data.DataBundle, or for analysis a "
+                        "DataLoader (any re-iterable of batches: tuples, dicts) or {'train': ..., 'test': ...}")
     g.add_argument("--data-arg", action="append", metavar="KEY=VALUE", help="keyword argument of --data")
+    g.add_argument("--loss", metavar="PKG.MODULE:FN", default=None,
+                   help="the loss: loss_fn(model, batch) -> (sum of losses, count) (first parameter named model), a "
+                        "mean-reduced criterion(output, target), or a criterion class such as "
+                        "torch.nn:CrossEntropyLoss [default: the data's task]")
+    g.add_argument("--strip-prefix", metavar="PREFIX", default=None,
+                   help="remove PREFIX (e.g. 'model.' of a Lightning checkpoint) from the names of a foreign "
+                        "state_dict")
 
 
 def open_from_args(args: argparse.Namespace):
@@ -43,4 +51,23 @@ def open_from_args(args: argparse.Namespace):
     return open_checkpoint(
         args.checkpoint, model=args.model, data=args.data,
         model_kwargs=parse_assignments(args.model_arg, "--model-arg") if args.model_arg else None,
-        data_kwargs=parse_assignments(args.data_arg, "--data-arg") if args.data_arg else None)
+        data_kwargs=parse_assignments(args.data_arg, "--data-arg") if args.data_arg else None,
+        strip_prefix=getattr(args, "strip_prefix", None))
+
+
+def loss_from_args(args: argparse.Namespace) -> Any:
+    """The loss protocol named by ``--loss`` (None: the data's task); a criterion class is instantiated."""
+    spec = getattr(args, "loss", None)
+    if not spec:
+        return None
+    import inspect
+
+    import torch.nn as nn
+
+    from landscape.entrypoints import load_entry_point
+    from landscape.objective.loss import as_loss
+
+    fn = load_entry_point(spec)
+    if inspect.isclass(fn) and issubclass(fn, nn.Module):
+        fn = fn()
+    return as_loss(fn)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from landscape.cli import landscape_args as A
-from landscape.cli.common import add_entry_point_args, parse_assignments
+from landscape.cli.common import add_entry_point_args, loss_from_args, parse_assignments
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -84,7 +84,8 @@ def open_all(args: argparse.Namespace) -> list[Opened]:
         ckpt, model, data = open_checkpoint(
             path, model=args.model, data=args.data,
             model_kwargs=parse_assignments(args.model_arg, "--model-arg") if args.model_arg else None,
-            data_kwargs=parse_assignments(args.data_arg, "--data-arg") if args.data_arg else None)
+            data_kwargs=parse_assignments(args.data_arg, "--data-arg") if args.data_arg else None,
+            strip_prefix=args.strip_prefix)
         opened.append(Opened("", ckpt, model, data))
     first = opened[0].ckpt
     for o in opened[1:]:
@@ -201,7 +202,8 @@ def measures_section(args: argparse.Namespace, opened: list[Opened], stem: str) 
         options = {"seed": args.seed, "dtype": args.dtype, "params": args.params, "device": args.device,
                    "subset": args.subset, "density": True, **parse_assignments(args.measure, "--measure")}
         files = [f"{stem}.{_safe(o.label)}.analysis.json" for o in opened]
-        reports = [analyze_checkpoint(o.ckpt, o.model, o.data, options, json_path=f, progress=not args.quiet)
+        reports = [analyze_checkpoint(o.ckpt, o.model, o.data, options, json_path=f, progress=not args.quiet,
+                                      loss=loss_from_args(args))
                    for o, f in zip(opened, files)]
     labels, rows = comparison(reports, labels=[o.label for o in opened])
     section = {"labels": labels, "reports": files,

@@ -8,7 +8,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from landscape.cli.common import open_from_args
+from landscape.cli.common import loss_from_args, open_from_args
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -115,7 +115,8 @@ def objectives(model: Any, data: Any, args: argparse.Namespace, device: torch.de
     from landscape.landscapes.surface import make_objectives
 
     return make_objectives(model, data, splits or args.split, subset=args.subset, seed=args.seed,
-                           batch_size=args.batch_size, device=device, dtype=_DTYPES[args.dtype], params=args.params)
+                           batch_size=args.batch_size, device=device, dtype=_DTYPES[args.dtype], params=args.params,
+                           loss=loss_from_args(args))
 
 
 def header(ckpt: Any, args: argparse.Namespace) -> dict[str, Any]:
@@ -125,7 +126,8 @@ def header(ckpt: Any, args: argparse.Namespace) -> dict[str, Any]:
     return {"checkpoint": {"path": str(ckpt.path), "sha256": file_digest(ckpt.path)},
             "model": {"name": ckpt.model_name, "kwargs": ckpt.model_kwargs},
             "data": {"name": ckpt.data_name, "kwargs": ckpt.data_kwargs},
-            "subset": {"size": args.subset, "seed": args.seed}, "params": args.params}
+            "subset": {"size": args.subset, "seed": args.seed}, "params": args.params,
+            "loss": getattr(args, "loss", None)}
 
 
 def default_stem(checkpoint: str | Path, tag: str) -> str:

@@ -59,7 +59,7 @@ def fisher_gram(objective: Objective, k: int = 50, *, max_memory: int = 1 << 31)
     P, N = objective.num_params, objective.num_samples
     if not 1 <= k <= P:
         raise ValueError(f"need 1 <= k <= {P} parameters, got k={k}")
-    if sum(len(xb) for xb, _ in objective.micro_batches) != N:
+    if objective.sharded:
         raise ValueError("the gram method needs all the data in one process (this objective is sharded)")
     itemsize = torch.finfo(objective.dtype).bits // 8
     if N * P * itemsize > max_memory:

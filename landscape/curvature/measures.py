@@ -37,11 +37,14 @@ def _metrics_args(g: argparse._ArgumentGroup) -> None:
 def _metrics(ctx: AnalysisContext) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for split in ("train", "test"):
+        if not ctx.has_split(split):  # a user's stream without a test split
+            out[f"{split}_loss"] = out[f"{split}_acc"] = out[f"{split}_samples"] = None
+            continue
         obj = ctx.objective(split, full=True)
         r = obj.evaluate()
         out[f"{split}_loss"], out[f"{split}_acc"], out[f"{split}_samples"] = r["loss"], r["acc"], obj.num_samples
-    out["gen_gap"] = None if out["train_acc"] is None else out["train_acc"] - out["test_acc"]
-    out["loss_gap"] = out["test_loss"] - out["train_loss"]
+    out["gen_gap"] = None if None in (out["train_acc"], out["test_acc"]) else out["train_acc"] - out["test_acc"]
+    out["loss_gap"] = None if None in (out["train_loss"], out["test_loss"]) else out["test_loss"] - out["train_loss"]
     return out
 
 

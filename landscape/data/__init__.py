@@ -94,15 +94,22 @@ def register_dataset(name: str) -> Callable[[DatasetFactory], DatasetFactory]:
     return deco
 
 
-def get_dataset(name: str, **kwargs: Any) -> DataBundle:
-    """Build dataset ``name``; ``pkg.module:factory`` names a user factory."""
+def get_dataset(name: str, **kwargs: Any) -> Any:
+    """Build dataset ``name``; ``pkg.module:factory`` names a user factory, which returns a
+    :class:`DataBundle` or, for analysis only, a ``DataLoader`` / ``{"train": ..., "test": ...}`` of them
+    (:class:`~landscape.data.streams.StreamData`)."""
     if ":" in name:
         from landscape.entrypoints import load_entry_point
 
         factory = load_entry_point(name)
         bundle = factory(**kwargs)
         if not isinstance(bundle, DataBundle):
-            raise TypeError(f"{name} returned {type(bundle).__name__}, expected DataBundle")
+            from landscape.data.streams import as_data
+
+            try:
+                return as_data(bundle, name, kwargs)
+            except TypeError as e:
+                raise TypeError(f"{name} returned {type(bundle).__name__}: {e}") from None
         return bundle
     _load_builtin()
     if name not in DATASETS:

@@ -16,7 +16,6 @@ from typing import Any, Iterator
 
 import torch
 import torch.nn as nn
-from torch.func import functional_call
 
 BN_POLICIES = ("frozen", "recompute")
 
@@ -48,7 +47,8 @@ def _statistics_mode(model: nn.Module) -> Iterator[None]:
 
 def recompute_statistics(obj: Any, w: torch.Tensor, source: Any) -> dict[str, torch.Tensor]:
     """Fresh BatchNorm buffers for the model at ``w`` (``obj``'s parameter vector), estimated on
-    ``source``'s micro-batches (an :class:`~landscape.objective.Objective` on the training data).
+    ``source``'s micro-batches (an :class:`~landscape.objective.Objective` on the training data, run through
+    its loss protocol: any batch format).
     Returns ``{buffer name: tensor}`` to pass as ``buffers=`` to ``obj.evaluate_many``; empty when
     the model has no BatchNorm layer."""
     bns = batchnorm_modules(obj.model)
@@ -63,8 +63,7 @@ def recompute_statistics(obj: Any, w: torch.Tensor, source: Any) -> dict[str, to
         buffers[f"{prefix}num_batches_tracked"] = torch.zeros((), dtype=torch.long, device=ref.device)
     state = obj.state(w, buffers)  # holds the very buffer tensors: BatchNorm updates them in place
     with torch.no_grad(), _statistics_mode(obj.model):
-        for xb, _ in source.micro_batches:
-            functional_call(obj.model, state, (xb.to(obj.device),))
+        source.run_batches(state)
     return buffers
 
 

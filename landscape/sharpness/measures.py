@@ -359,7 +359,7 @@ def _corruption(ctx: AnalysisContext) -> dict[str, Any]:
     o = ctx.options
     eps = {k: parse_floats(v) for k, v in (("2", o.corruption_eps), ("inf", o.corruption_eps_inf)) if parse_floats(v)}
     split = o.split
-    others = {} if split == "test" else {"test": ctx.objective("test", full=True)}
+    others = {} if split == "test" or not ctx.has_split("test") else {"test": ctx.objective("test", full=True)}
     r = corruption_robustness(ctx.objective(), eps, normalization=o.corruption_normalization, eta=o.corruption_eta,
                               exclude=o.corruption_exclude, draws=o.corruption_draws, steps=o.corruption_steps,
                               restarts=o.corruption_restarts, seed=o.seed, evaluate_on=others, name=split,

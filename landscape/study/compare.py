@@ -37,10 +37,11 @@ def load_report(item: str | Path | dict[str, Any], *, options: dict[str, Any] | 
 
 
 def analyze_checkpoint(ckpt: Any, model: Any, data: Any, options: dict[str, Any] | None = None, *,
-                       json_path: str | Path | None = None, progress: bool = False) -> dict[str, Any]:
+                       json_path: str | Path | None = None, progress: bool = False, loss: Any = None) -> dict[str, Any]:
     """:func:`landscape.analysis.analyze` of an opened checkpoint (``landscape.checkpoint.open_checkpoint``)
-    with the ``landscape analyze`` defaults updated by ``options`` (dest names, values as in a study file);
-    the report's header names the checkpoint (path, SHA-256), model, data and optimizer."""
+    with the ``landscape analyze`` defaults updated by ``options`` (dest names, values as in a study file)
+    and ``loss`` (default: the data's task); the report's header names the checkpoint (path, SHA-256), model,
+    data and optimizer."""
     from landscape.analysis import analyze, file_digest
     from landscape.study.spec import analysis_options
 
@@ -48,7 +49,7 @@ def analyze_checkpoint(ckpt: Any, model: Any, data: Any, options: dict[str, Any]
               "model": {"name": ckpt.model_name, "kwargs": ckpt.model_kwargs},
               "data": {"name": ckpt.data_name, "kwargs": ckpt.data_kwargs}, "optimizer": ckpt.optimizer}
     return analyze(model, data, analysis_options(options or {}), header=header, json_path=json_path,
-                   resume=True, progress=progress)
+                   resume=True, progress=progress, loss=loss)
 
 
 def _labels(items: Sequence[Any]) -> list[str]:

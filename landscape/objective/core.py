@@ -1,0 +1,707 @@
+"""The objective: model + loss + data as one function of a flat parameter vector.
+
+:class:`Objective` fixes a model, a loss protocol (:mod:`landscape.objective.loss`) and one data source
+(:mod:`landscape.objective.sources`) and exposes the full-data average loss
+
+    L(w) = sum_b total_b(w) / sum_b count_b
+
+(``total_b`` the sum of micro-batch ``b``'s losses over its ``count_b`` targets, so batch sizes and masks
+never bias it) as a function of a flat vector ``w`` of the selected parameters, together with its gradient
+and Hessian-, Gauss-Newton- and empirical-Fisher-vector products (:mod:`landscape.objective.products`).
+
+Policy, shared by every measure built on it:
+
+* the model runs in **eval mode** (dropout off, BatchNorm uses its running statistics) through
+  :func:`torch.func.functional_call`; the module's own parameters, buffers and ``training`` flags are never
+  modified (only :meth:`Objective.at` writes into the module, and it restores bit-exactly);
+* computations run in ``dtype`` (default: the model's) on ``device``; floating data is cast to it;
+* parameters outside the selection (and all buffers) are held fixed;
+* nothing here draws random numbers from the caller's generators: a streamed source is read under a fixed
+  seed, measures take explicit seeds;
+* under ``torch.distributed`` every rank reads its shard of the data and every sum is all-reduced, so all
+  ranks hold identical results.
+
+Vectors are flat tensors of length :attr:`Objective.num_params` (the order of ``named_parameters()``); a block
+of ``k`` vectors is a ``(k, P)`` tensor (rows).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+import warnings
+from collections import Counter
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.func import functional_call, grad as func_grad, vmap
+
+from landscape.curvature.operators import CurvatureOperator
+from landscape.distributed import all_reduce_sum, rank, world_size
+from landscape.objective import products
+from landscape.objective.batches import group_rows, num_rows, row_dims
+from landscape.objective.loss import Loss, LossError, LossValue, TaskLoss, as_loss, check_value
+from landscape.objective.parameters import ParamSpec, eval_mode, select_parameters
+from landscape.objective.sources import DataError, StreamSource, TensorSource, is_in_memory, subset_indices
+
+KINDS = ("hessian", "ggn", "fisher")
+
+
+class _Bound(nn.Module):
+    """``forward(fn, *args) = fn(model, *args)``: runs any loss protocol under ``functional_call``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return fn(self.model, *args)
+
+
+class Objective:
+    """Full-data loss of ``model`` on ``data`` as a function of a flat parameter vector.
+
+    ``data``: in-memory tensors (``Objective(model, x, y)``, a tuple or dict of tensors with one row count)
+    or any re-iterable of batches (a ``DataLoader``, also over an ``IterableDataset``; a list of batches),
+    streamed one micro-batch at a time (:class:`~landscape.objective.sources.StreamSource`).
+    ``loss``: a task name (``classification``, ``regression``, ``language_model``; default ``task``), a
+    mean-reduced ``criterion(output, target)``, or ``loss_fn(model, batch) -> (sum, count[, correct])``
+    (:func:`~landscape.objective.loss.as_loss`).
+
+    ``batch_size``: micro-batch size of in-memory data (memory only; results do not depend on it beyond float
+    rounding); a stream's batches are the loader's. ``max_block``: most vectors pushed through one data pass
+    by a block product. ``hvp_mode``: ``"reverse"`` (double backward), ``"forward"`` (``torch.func.jvp`` of
+    ``torch.func.grad``) or ``"auto"`` (time both on the first micro-batch, keep the faster; forward mode
+    falls back to reverse on an op without a forward-mode rule). ``cache_graph``: Hessian products at the
+    base point ``w0`` keep micro-batches' gradient graphs alive and only run their second backward (as
+    PyHessian's single-batch mode does), about twice as fast; ``"auto"`` keeps graphs while their total size
+    (measured) fits ``graph_memory`` bytes (default: a quarter of the free device memory / available RAM),
+    the rest are recomputed. ``cache_memory``: a stream that fits this many bytes (default: an eighth of the
+    free memory) is kept after its first pass. ``seed``: the seed every pass over a stream runs under.
+    ``max_rows``: read only the first rows of a stream (in-memory data: use a subset of the tensors).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: Any = None,
+        target: torch.Tensor | None = None,
+        *,
+        loss: Any = None,
+        task: str | None = None,
+        label_smoothing: float = 0.0,
+        batch_size: int = 512,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        params: ParamSpec = None,
+        hvp_mode: str = "auto",
+        max_block: int = 16,
+        cache_graph: bool | str = "auto",
+        graph_memory: int | None = None,
+        cache_memory: int | None = None,
+        shard: bool = True,
+        seed: int = 0,
+        max_rows: int | None = None,
+    ) -> None:
+        if batch_size < 1 or max_block < 1:
+            raise ValueError("batch_size and max_block must be >= 1")
+        if hvp_mode not in ("auto", "reverse", "forward"):
+            raise ValueError(f"hvp_mode must be auto, reverse or forward, got {hvp_mode!r}")
+        if cache_graph not in (True, False, "auto"):
+            raise ValueError(f"cache_graph must be True, False or 'auto', got {cache_graph!r}")
+        first = next(iter(model.parameters()), None)
+        if first is None:
+            raise ValueError("the model has no parameters")
+        self.model = model
+        self.loss_spec: Loss = as_loss(loss, task=task, label_smoothing=label_smoothing)
+        self.task = self.loss_spec.task if isinstance(self.loss_spec, TaskLoss) else None
+        self.device = torch.device(device) if device is not None else first.device
+        self.dtype = dtype if dtype is not None else first.dtype
+        self.batch_size, self.max_block = int(batch_size), int(max_block)
+        self.hvp_mode = hvp_mode
+        self._mode_chosen: dict[bool, str] = {}
+        self.cache_graph, self.graph_memory = cache_graph, graph_memory
+        self._graphs: dict[int, tuple[torch.Tensor, torch.Tensor, Any]] = {}
+        self._graph_bytes = 0
+
+        self.names = select_parameters(model, params)
+        named = dict(model.named_parameters())
+        self.shapes = [tuple(named[n].shape) for n in self.names]
+        self.sizes = [named[n].numel() for n in self.names]
+        self.num_params = sum(self.sizes)
+        self.w0 = self.flatten([named[n] for n in self.names])
+        chosen = set(self.names)
+        self._fixed = {n: self._cast(p) for n, p in named.items() if n not in chosen}
+        self._fixed.update({n: self._cast(b) for n, b in model.named_buffers()})
+        self._bound = _Bound(model)
+        self._stat_dtype = torch.float32 if self.device.type == "mps" else torch.float64
+
+        self._shard = shard
+        self.source = self._make_source(data, target, shard=shard, seed=seed, cache_memory=cache_memory,
+                                        max_rows=max_rows)
+        self._stats: tuple[int, float] | None = None
+        if isinstance(self.source, TensorSource) and isinstance(self.loss_spec, TaskLoss):
+            self._stats = self._tensor_stats()
+        elif self.sharded:  # every rank must hold a batch, or the collective calls of a pass would not pair up
+            empty = torch.tensor([float(not self.source.has_batch())], dtype=self._stat_dtype, device=self.device)
+            if self.reduce_sum(empty)[0] > 0:
+                raise DataError(f"{int(empty[0])} of {world_size()} processes get no batch of the stream; give it "
+                                "at least as many batches as processes")
+        self._validated = False
+        self._vmap_points = True
+        self._auto_chunk: int | None = None
+        self.counts: Counter[str] = Counter()
+        """Work done so far: ``hessian``/``ggn``/``fisher`` (matrix-vector products against the
+        full data, a block of k counts k), ``grad``, ``loss``, and ``passes`` (data passes)."""
+
+    def _make_source(self, data: Any, target: torch.Tensor | None, *, shard: bool, seed: int,
+                     cache_memory: int | None, max_rows: int | None) -> TensorSource | StreamSource:
+        if isinstance(data, (TensorSource, StreamSource)):
+            return data
+        if target is not None:
+            if len(data) != len(target):
+                raise ValueError(f"{len(data)} inputs but {len(target)} targets")
+            data = (data, target)
+        if data is None:
+            raise ValueError("an objective needs data: tensors (x, y), a dict of tensors or a DataLoader")
+        if is_in_memory(data):
+            if max_rows is not None:
+                raise ValueError("max_rows reads the head of a stream; take a subset of in-memory tensors instead")
+            return TensorSource(data, self.batch_size, self.device, self.dtype, shard=shard)
+        if not isinstance(data, Iterable):
+            raise DataError(f"data must be tensors or an iterable of batches, got {type(data).__name__}")
+        if cache_memory is None:
+            cache_memory = _free_memory(self.device) // 8
+        return StreamSource(data, self.device, self.dtype, seed=seed, shard=shard, cache_memory=cache_memory,
+                            max_rows=max_rows)
+
+    def _tensor_stats(self) -> tuple[int, float]:
+        """Rows and targets of in-memory data under a task loss, without running the model."""
+        from landscape.losses import target_count
+
+        loss = self.loss_spec
+        assert isinstance(loss, TaskLoss)
+        count = float(sum(target_count(loss.task, b[1]) for _, b in self.source.batches())) if isinstance(
+            self.source.data, (tuple, list)) else float(self.source.rows)
+        return self._reduce_stats(self.source.rows, count)
+
+    def _reduce_stats(self, rows: int, count: float) -> tuple[int, float]:
+        t = torch.tensor([float(rows), float(count), float(rows == 0)], dtype=self._stat_dtype, device=self.device)
+        self.reduce_sum(t)
+        if t[2] > 0:
+            raise ValueError(f"{int(t[2])} of {world_size()} processes hold no data rows; use more data")
+        return int(t[0]), float(t[1])
+
+    @classmethod
+    def from_bundle(cls, model: nn.Module, data: Any, split: str = "train", *, subset: int | None = None,
+                    seed: int = 0, **kwargs: Any) -> "Objective":
+        """Objective on one split of a :class:`~landscape.data.DataBundle` (``subset``: a fixed seeded subset
+        of its rows) or of a :class:`~landscape.data.StreamData` (``subset``: the first rows of the stream).
+        ``loss`` defaults to the bundle's task."""
+        part = data.split(split)
+        kwargs.setdefault("loss", None)
+        if kwargs["loss"] is None:
+            kwargs["loss"] = getattr(data, "task", None)
+        if getattr(data, "streaming", False):
+            return cls(model, part, seed=seed, max_rows=subset, **kwargs)
+        x, y = part
+        idx = subset_indices(len(x), subset, seed)
+        if len(idx) < len(x):
+            x, y = x[idx], y[idx]
+        return cls(model, x, y, seed=seed, **kwargs)
+
+    # ----------------------------------------------------------------- vectors
+    def _cast(self, t: torch.Tensor) -> torch.Tensor:
+        t = t.detach()
+        return t.to(self.device, self.dtype) if t.is_floating_point() else t.to(self.device)
+
+    def flatten(self, tensors: Sequence[torch.Tensor] | Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """One flat vector (this objective's dtype and device) from per-parameter tensors."""
+        if isinstance(tensors, Mapping):
+            tensors = [tensors[n] for n in self.names]
+        return torch.cat([self._cast(t).reshape(-1) for t in tensors])
+
+    def unflatten(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{name: view}`` of a flat vector (no copy)."""
+        return {n: t.view(s) for n, t, s in zip(self.names, w.split(self.sizes), self.shapes)}
+
+    def params(self) -> torch.Tensor:
+        """A copy of the base point ``w0`` (the model's selected parameters)."""
+        return self.w0.clone()
+
+    def _point(self, w: torch.Tensor | None) -> torch.Tensor:
+        if w is None:
+            return self.w0
+        if w.shape != (self.num_params,):
+            raise ValueError(f"parameter vector must have shape ({self.num_params},), got {tuple(w.shape)}")
+        return w.detach().to(self.device, self.dtype)
+
+    def _block(self, v: torch.Tensor) -> torch.Tensor:
+        V = v.reshape(1, -1) if v.dim() == 1 else v
+        if V.dim() != 2 or V.shape[1] != self.num_params:
+            raise ValueError(f"vectors must have shape ({self.num_params},) or (k, {self.num_params}), "
+                             f"got {tuple(v.shape)}")
+        return V.detach().to(self.device, self.dtype)
+
+    @contextlib.contextmanager
+    def at(self, w: torch.Tensor) -> Iterator[nn.Module]:
+        """Write ``w`` into the model's parameters for the block; restore them bit-exactly after."""
+        named = dict(self.model.named_parameters())
+        saved = {n: named[n].detach().clone() for n in self.names}
+        try:
+            with torch.no_grad():
+                for n, t in self.unflatten(self._point(w)).items():
+                    named[n].copy_(t)
+            yield self.model
+        finally:
+            with torch.no_grad():
+                for n, t in saved.items():
+                    named[n].copy_(t)
+
+    # ------------------------------------------------------------ functionals
+    def state(self, w: torch.Tensor | None = None,
+              buffers: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """The full ``functional_call`` state at ``w``: fixed parameters, buffers (``buffers`` replace
+        the model's), the selected parameters as views of ``w``. Tensors passed in are used as they are
+        (a train-mode BatchNorm updates the given buffers in place)."""
+        return {**self._fixed, **(buffers or {}), **self.unflatten(self._point(w))}
+
+    def call(self, fn: Callable[..., Any], w: torch.Tensor, *args: Any,
+             buffers: Mapping[str, torch.Tensor] | None = None, state: Mapping[str, torch.Tensor] | None = None) -> Any:
+        """``fn(model, *args)`` with the model's parameters at ``w`` (a functional call: the module is not
+        touched; differentiable in ``w``); ``state`` replaces the whole state."""
+        if state is None:
+            state = {**self._fixed, **(buffers or {}), **self.unflatten(w)}
+        return functional_call(self._bound, {f"model.{k}": v for k, v in state.items()}, (fn, *args))
+
+    def value(self, w: torch.Tensor, batch: Any, index: int = 0,
+              buffers: Mapping[str, torch.Tensor] | None = None) -> LossValue:
+        """The loss protocol's :class:`~landscape.objective.loss.LossValue` of ``batch`` at ``w``; during the
+        first pass every batch's loss is checked (a one-line error naming the batch)."""
+        try:
+            v = self.call(self.loss_spec.value, w, batch, buffers=buffers)
+        except LossError as e:
+            raise LossError(f"batch {index}: {e}") from None
+        if not self._validated:
+            check_value(v, index, self.loss_spec)
+        return v
+
+    def run_batches(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Run the model (through the loss) on every micro-batch with ``state``, results discarded: what
+        re-estimates BatchNorm statistics (the caller sets the modes)."""
+        for _, batch in self.source.batches():
+            self.call(self.loss_spec.value, self.w0, batch, state=state)
+
+    def reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
+        """Sum ``t`` over the ranks that shard this objective's data (in place; identity otherwise)."""
+        return all_reduce_sum(t) if self._shard else t
+
+    @property
+    def sharded(self) -> bool:
+        """Whether this objective holds only its rank's part of the data."""
+        return self._shard and world_size() > 1
+
+    def _batches(self, use_graphs: bool = False) -> Iterator[tuple[int, Any]]:
+        """``(index, batch)`` of one pass; ``batch`` is None where only a cached graph is needed."""
+        if use_graphs and self._graphs and len(self._graphs) == self.source.num_batches:
+            yield from ((i, None) for i in sorted(self._graphs))  # every graph cached: no need to read data
+            return
+        yield from self.source.batches()
+
+    def _pass(self, per_batch: Callable[[int, Any], tuple[torch.Tensor, Any]], weight: str = "count",
+              use_graphs: bool = False) -> torch.Tensor:
+        """``sum_b r_b / sum_b n_b`` over all ranks' micro-batches (one data pass), where ``per_batch(i,
+        batch) -> (r_b, n_b)``; ``weight="rows"`` divides by the rows instead (``n_b`` then counts rows)."""
+        total: torch.Tensor | None = None
+        count, rows = 0.0, 0
+        with eval_mode(self.model):
+            for i, batch in self._batches(use_graphs):
+                r, n = per_batch(i, batch)
+                total = r if total is None else total + r
+                count = count + n
+                if batch is not None:
+                    rows += num_rows(batch)
+        if total is None:
+            raise DataError("the data source gave no batch")
+        self.counts["passes"] += 1
+        if not self._validated:
+            self._validated = True
+            if self._stats is None:
+                self._stats = self._reduce_stats(rows, float(count))
+        denominator = self._count_total(count)
+        total = self.reduce_sum(total.contiguous())
+        return total / denominator
+
+    def _count_total(self, count: Any) -> torch.Tensor:
+        c = count.detach().to(self.device, self._stat_dtype) if isinstance(count, torch.Tensor) else torch.tensor(
+            float(count), dtype=self._stat_dtype, device=self.device)
+        return self.reduce_sum(c.reshape(1))[0].to(self.dtype)
+
+    @property
+    def num_samples(self) -> int:
+        """Rows of the data (all ranks); a stream is read once to count them."""
+        return self._statistics()[0]
+
+    @property
+    def total_count(self) -> float:
+        """Targets the mean loss averages over (all ranks): rows, tokens, unmasked labels."""
+        return self._statistics()[1]
+
+    def _statistics(self) -> tuple[int, float]:
+        if self._stats is None:
+            self.evaluate()
+        assert self._stats is not None
+        return self._stats
+
+    def evaluate(self, w: torch.Tensor | None = None) -> dict[str, float | None]:
+        """Full-data ``{"loss", "acc"}`` at ``w`` (default ``w0``); ``acc`` is None where the loss gives no
+        top-1 predictions (regression, most ``loss_fn``)."""
+        return {k: float(v[0]) if v is not None else None for k, v in self.evaluate_many(self._point(w)[None]).items()}
+
+    def loss(self, w: torch.Tensor | None = None) -> float:
+        """``L(w)``, the full-data average loss."""
+        return self.evaluate(w)["loss"]  # type: ignore[return-value]
+
+    def evaluate_many(self, W: torch.Tensor, chunk_size: int | str = 16,
+                      buffers: Mapping[str, torch.Tensor] | None = None) -> dict[str, np.ndarray | None]:
+        """Loss and accuracy at each row of ``W`` (``(n, P)``) in one data pass, ``chunk_size`` points at a
+        time through one ``vmap``-ed forward per micro-batch (``"auto"``: :meth:`auto_chunk_size`; a model
+        ``vmap`` cannot batch goes point by point). ``buffers`` replace the model's buffers (e.g. recomputed
+        BatchNorm statistics). Returns numpy arrays of length ``n``."""
+        W = self._block(W)
+        if chunk_size == "auto":
+            chunk_size = self.auto_chunk_size()
+        if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive integer or 'auto', got {chunk_size!r}")
+        sums = torch.zeros(len(W), 4, dtype=self._stat_dtype, device=self.device)
+        rows = 0
+        with torch.no_grad(), eval_mode(self.model):
+            for i, batch in self.source.batches():
+                for chunk, out in zip(W.split(chunk_size), sums.split(chunk_size)):
+                    out += self._evaluate_chunk(chunk, batch, i, buffers)
+                rows += num_rows(batch)
+        self.counts["passes"] += 1
+        self.counts["loss"] += len(W)
+        if not self._validated:
+            self._validated = True
+            if self._stats is None:
+                self._stats = self._reduce_stats(rows, float(sums[0, 1]))
+        self.reduce_sum(sums)
+        acc = None if float(sums[0, 3]) == 0 else (sums[:, 2] / sums[:, 3]).cpu().numpy()
+        return {"loss": (sums[:, 0] / sums[:, 1]).cpu().numpy(), "acc": acc}
+
+    def _evaluate_chunk(self, chunk: torch.Tensor, batch: Any, index: int,
+                        buffers: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """``(len(chunk), 4)`` rows ``[total, count, correct, predictions]`` of one micro-batch."""
+        def row(v: LossValue) -> torch.Tensor:
+            return torch.stack([self._scalar(v.total), self._scalar(v.count), self._scalar(v.correct),
+                                self._scalar(v.predictions)])
+
+        if len(chunk) > 1 and self._vmap_points:
+            try:
+                return vmap(lambda w: row(self.call(self.loss_spec.value, w, batch, buffers=buffers)))(chunk)
+            except LossError:
+                raise
+            except Exception as e:  # noqa: BLE001 - a model vmap cannot batch: point by point from now on
+                self._vmap_points = False
+                warnings.warn(f"evaluating points one at a time: vmap cannot batch this model ({type(e).__name__})",
+                              stacklevel=3)
+        return torch.stack([row(self.value(w, batch, index, buffers)) for w in chunk])
+
+    def _scalar(self, x: Any) -> torch.Tensor:
+        if x is None:
+            return torch.zeros((), dtype=self._stat_dtype, device=self.device)
+        if isinstance(x, torch.Tensor):
+            return x.detach().reshape(()).to(self._stat_dtype)
+        return torch.tensor(float(x), dtype=self._stat_dtype, device=self.device)
+
+    def auto_chunk_size(self, max_chunk: int = 256, memory: int | None = None) -> int:
+        """How many points :meth:`evaluate_many` should push through one ``vmap``-ed forward.
+
+        The cap: the activations of one point on one micro-batch (all module outputs of a forward,
+        an upper bound on what is alive at once) plus one weight vector, times the chunk, must fit
+        ``memory`` bytes (default: a quarter of the free device memory / available RAM). Below it,
+        chunks of 1, 4, 16, 64, 256 points are timed on the first micro-batch: after a warm-up, in
+        interleaved rounds (so a change in machine load hits every size alike) until each has at least
+        3 timings and 0.2 s have passed, or 20 rounds; a size more than 3 times as slow per point as the
+        best leaves the race. The largest chunk within 10% of the fastest per point wins (larger chunks
+        also save per-chunk work outside the forward pass). Decided once per objective (cached); every
+        rank of a sharded objective gets rank 0's choice; 1 for a model ``vmap`` cannot batch.
+        """
+        if self._auto_chunk is not None:
+            return self._auto_chunk
+        batch = self.source.first()
+        per_point = self.num_params * self.w0.element_size() + self._activation_bytes(batch)
+        budget = memory if memory is not None else _free_memory(self.device) // 4
+        cap = int(max(1, min(max_chunk, budget // max(1, per_point))))
+        racing = [c for c in (1, 4, 16, 64, 256) if c <= cap]
+        times: dict[int, list[float]] = {c: [] for c in racing}
+        start = time.perf_counter()
+        with torch.no_grad(), eval_mode(self.model):
+            for c in racing:
+                self._evaluate_chunk(self.w0.expand(c, -1), batch, 0)  # warm-up
+            if not self._vmap_points:
+                racing = [1]
+            for round_ in range(20):
+                for c in racing:
+                    _sync(self.device)
+                    t0 = time.perf_counter()
+                    self._evaluate_chunk(self.w0.expand(c, -1), batch, 0)
+                    _sync(self.device)
+                    times[c].append((time.perf_counter() - t0) / c)
+                fastest = min(min(times[c]) for c in racing)
+                racing = [c for c in racing if min(times[c]) <= 3.0 * fastest]
+                if round_ >= 2 and time.perf_counter() - start > 0.2:
+                    break
+        per_point_time = {c: min(t) for c, t in times.items() if c in racing}
+        fastest = min(per_point_time.values())
+        best = max(c for c, t in per_point_time.items() if t <= 1.1 * fastest)
+        keep = rank() == 0 or not self._shard  # a sharded objective takes rank 0's choice
+        choice = torch.tensor([float(best) if keep else 0.0], dtype=self._stat_dtype, device=self.device)
+        self._auto_chunk = int(self.reduce_sum(choice).item())
+        return self._auto_chunk
+
+    def _activation_bytes(self, batch: Any) -> int:
+        """Bytes of every tensor output of every submodule in one eval-mode forward of ``batch``."""
+        total = 0
+
+        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+            nonlocal total
+            outs = output if isinstance(output, (tuple, list)) else (output,)
+            total += sum(o.numel() * o.element_size() for o in outs if isinstance(o, torch.Tensor))
+
+        handles = [m.register_forward_hook(hook) for m in self.model.modules()]
+        try:
+            with torch.no_grad(), eval_mode(self.model):
+                self.call(self.loss_spec.value, self.w0, batch)
+        finally:
+            for h in handles:
+                h.remove()
+        return total
+
+    def loss_and_grad(self, w: torch.Tensor | None = None) -> tuple[float, torch.Tensor]:
+        """``(L(w), grad L(w))`` in one data pass."""
+        w = self._point(w)
+
+        def per_batch(i: int, batch: Any) -> tuple[torch.Tensor, Any]:
+            leaf = w.detach().requires_grad_(True)
+            with torch.enable_grad():
+                v = self.value(leaf, batch, i)
+                (g,) = torch.autograd.grad(v.total, leaf, allow_unused=True, materialize_grads=True)
+            return torch.cat([v.total.detach().reshape(1).to(g.dtype), g]), v.count
+
+        out = self._pass(per_batch)
+        self.counts["grad"] += 1
+        return float(out[0]), out[1:]
+
+    def grad(self, w: torch.Tensor | None = None) -> torch.Tensor:
+        """``grad L(w)`` (flat)."""
+        return self.loss_and_grad(w)[1]
+
+    def group_gradients(self, group_size: int, w: torch.Tensor | None = None,
+                        max_elements: int = 1 << 26) -> Iterator[torch.Tensor]:
+        """Gradients of the mean loss of consecutive groups of ``group_size`` rows of this rank's data.
+
+        Yields ``(c, P)`` blocks (``c`` groups, through one ``vmap`` of ``torch.func.grad``; group by group
+        for a model ``vmap`` cannot batch); a trailing group with fewer than ``group_size`` rows is skipped.
+        ``group_size=1`` gives per-sample gradients.
+        """
+        w = self._point(w)
+        per_chunk = max(1, min(max_elements // max(1, self.num_params), self.batch_size // group_size or 1))
+
+        def mean_loss(w_: torch.Tensor, group: Any) -> torch.Tensor:
+            v = self.call(self.loss_spec.value, w_, group)
+            return v.total / v.count
+
+        g = func_grad(mean_loss)
+        with eval_mode(self.model):
+            for block, k in self.source.blocks(group_size, per_chunk):
+                if self._vmap_points:
+                    try:
+                        grouped = group_rows(block, k, group_size)
+                        yield vmap(g, in_dims=(None, row_dims(grouped)))(w, grouped)
+                        continue
+                    except LossError:
+                        raise
+                    except Exception:  # noqa: BLE001 - vmap cannot batch this model: group by group
+                        self._vmap_points = False
+                yield torch.stack([g(w, part) for part, _ in _split_groups(block, k, group_size)])
+        self.counts["passes"] += 1
+
+    def minibatches(self, size: int, *, limit: int | None = None, seed: int = 0) -> list["Objective"]:
+        """This objective on disjoint mini-batches of ``size`` rows of this process's data (m-sharpness).
+
+        In-memory rows are shuffled by ``seed``; a stream's mini-batches are consecutive rows in its (seeded)
+        order. A trailing group smaller than ``size`` is dropped; at most ``limit`` batches are returned.
+        Each is an independent, unsharded :class:`Objective` (same model, loss, parameters, dtype and
+        device; its own ``counts``) over those rows only.
+        """
+        if size < 1:
+            raise ValueError(f"mini-batch size must be >= 1, got {size}")
+        src = self.source
+        if isinstance(src, TensorSource):
+            if size > src.rows:
+                raise ValueError(f"mini-batch size {size} exceeds the {src.rows} rows held here")
+            perm = torch.randperm(src.rows, generator=torch.Generator().manual_seed(seed))
+            groups = src.rows // size if limit is None else min(src.rows // size, int(limit))
+            return [self._derived(src.with_rows(perm[i * size:(i + 1) * size])) for i in range(groups)]
+        out = [self._derived(TensorSource(rows, self.batch_size, self.device, None, shard=False))
+               for rows, _ in src.blocks(size, 1, limit)]
+        if not out:
+            raise ValueError(f"mini-batch size {size} exceeds the rows held here")
+        return out
+
+    def _derived(self, source: TensorSource) -> "Objective":
+        sub = copy.copy(self)
+        sub.source, sub._shard = source, False
+        sub._graphs, sub._graph_bytes = {}, 0
+        sub._mode_chosen = dict(self._mode_chosen)
+        sub._stats = sub._tensor_stats() if isinstance(self.loss_spec, TaskLoss) else None
+        sub._validated = self._validated
+        sub.counts = Counter()
+        return sub
+
+    # ------------------------------------------------------- curvature products
+    def hvp(self, v: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
+        """Hessian-vector product ``H(w) v`` of the full-data loss; ``v`` is ``(P,)`` or a ``(k, P)`` block."""
+        return self.mvp("hessian", v, w)
+
+    def gvp(self, v: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
+        """Generalized Gauss-Newton product ``G v = (1/N) sum_i J_i^T (d^2 l / d out^2) J_i v``."""
+        return self.mvp("ggn", v, w)
+
+    def fvp(self, v: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
+        """Empirical-Fisher product ``F v = (1/N) sum_i g_i (g_i . v)`` with ``g_i`` the per-sample
+        gradient and ``N`` the number of samples (rows), without forming any ``g_i``."""
+        return self.mvp("fisher", v, w)
+
+    def mvp(self, kind: str, v: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
+        """``M v`` for ``M`` the ``kind`` (``hessian``, ``ggn``, ``fisher``) at ``w``; ``v``'s shape and
+        dtype come back. Blocks larger than ``max_block`` take several data passes."""
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        w = self._point(w)
+        V = self._block(v)
+        out = torch.cat([self._matvec_pass(kind, w, chunk) for chunk in V.split(self.max_block)])
+        self.counts[kind] += len(V)
+        return out.reshape(v.shape).to(v.device, v.dtype if v.is_floating_point() else self.dtype)
+
+    def _matvec_pass(self, kind: str, w: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+        if kind == "fisher":
+            return self._pass(lambda i, b: products.fisher(self, w, b, V), weight="rows")
+        if kind == "ggn":
+            return self._pass(lambda i, b: products.ggn(self, w, b, V))
+        cached = w is self.w0 and self.hvp_mode != "forward" and self.cache_graph is not False
+        return self._pass(lambda i, b: self._hvp_batch(i, w, b, V), use_graphs=cached)
+
+    def _hvp_batch(self, i: int, w: torch.Tensor, batch: Any, V: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        if w is self.w0 and self.hvp_mode != "forward":
+            graph = self._gradient_graph(i, batch)
+            if graph is not None:
+                leaf, g, count = graph
+                if not g.requires_grad:
+                    return torch.zeros_like(V), count
+                return torch.stack([products.grad_of(g, leaf, v, retain=True) for v in V]), count
+        block = len(V) > 1
+        mode = self.hvp_mode if self.hvp_mode != "auto" else self._mode_chosen.get(block)
+        if mode is None:
+            mode = self._mode_chosen[block] = self._autotune(w, batch, V)
+        if mode == "forward":
+            try:
+                return products.hvp_forward(self, w, batch, V)
+            except (RuntimeError, NotImplementedError):
+                if self.hvp_mode == "forward":
+                    raise
+                self._mode_chosen[block] = "reverse"
+        return products.hvp_reverse(self, w, batch, V, index=i)
+
+    def _autotune(self, w: torch.Tensor, batch: Any, V: torch.Tensor) -> str:
+        """Time both HVP modes (second of two calls) on one micro-batch; every rank picks the same."""
+        times = torch.zeros(2, dtype=self._stat_dtype, device=self.device)
+        for i, f in enumerate((products.hvp_reverse, products.hvp_forward)):
+            try:
+                for _ in range(2):
+                    _sync(self.device)
+                    t0 = time.perf_counter()
+                    f(self, w, batch, V)
+                    _sync(self.device)
+                    times[i] = time.perf_counter() - t0
+            except (RuntimeError, NotImplementedError):
+                times[i] = float("inf")
+        times = self.reduce_sum(times).cpu()
+        return "forward" if times[1] < times[0] else "reverse"
+
+    def _gradient_graph(self, i: int, batch: Any) -> tuple[torch.Tensor, torch.Tensor, Any] | None:
+        """``(leaf, grad, count)`` of micro-batch ``i`` at ``w0`` with its graph kept, or None when it is not
+        (to be) cached. ``"auto"`` keeps graphs while their measured total fits the budget."""
+        if i in self._graphs:
+            return self._graphs[i]
+        if self.cache_graph is False or batch is None:
+            return None
+        graph = products.gradient_graph(self, batch, i)
+        if self.cache_graph == "auto" or self.graph_memory is not None:
+            nbytes = products.graph_bytes(graph[1])
+            budget = self.graph_memory if self.graph_memory is not None else _free_memory(self.device) // 4
+            if self._graph_bytes + nbytes > budget:  # over budget: used for this product only
+                if not self._graphs:
+                    self.cache_graph = False
+                return graph
+            self._graph_bytes += nbytes
+            self.cache_graph = True
+        self._graphs[i] = graph
+        return graph
+
+    def release_graphs(self) -> None:
+        """Free the cached gradient graphs (they are rebuilt on the next Hessian product if caching)."""
+        self._graphs.clear()
+        self._graph_bytes = 0
+
+    # ------------------------------------------------------------- operators
+    @property
+    def hessian(self) -> CurvatureOperator:
+        """The Hessian at ``w0`` as a linear operator."""
+        return CurvatureOperator(self, "hessian")
+
+    @property
+    def ggn(self) -> CurvatureOperator:
+        """The generalized Gauss-Newton matrix at ``w0`` as a linear operator."""
+        return CurvatureOperator(self, "ggn")
+
+    @property
+    def fisher(self) -> CurvatureOperator:
+        """The empirical Fisher at ``w0`` as a linear operator."""
+        return CurvatureOperator(self, "fisher")
+
+    def operator(self, kind: str, w: torch.Tensor | None = None) -> CurvatureOperator:
+        """The ``kind`` (``hessian``, ``ggn``, ``fisher``) at ``w`` (default ``w0``) as a linear operator."""
+        return CurvatureOperator(self, kind, w)
+
+
+def _split_groups(block: Any, k: int, size: int) -> Iterator[tuple[Any, int]]:
+    from landscape.objective.batches import take_rows
+
+    n = num_rows(block)
+    for j in range(k):
+        yield take_rows(block, slice(j * size, (j + 1) * size), n), j
+
+
+def _free_memory(device: torch.device) -> int:
+    """Free bytes on ``device`` (CUDA: free device memory; otherwise available RAM; 1 GiB if unknown)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        import os
+
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 1 << 30
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+__all__ = ["KINDS", "Objective", "ParamSpec", "eval_mode", "select_parameters", "subset_indices"]

@@ -1,0 +1,294 @@
+"""How a batch becomes a loss: the three loss protocols of an :class:`~landscape.objective.Objective`.
+
+Every protocol turns ``(model, batch)`` into a :class:`LossValue` ``(total, count, correct, predictions)``
+with ``total`` the *sum* of the batch's losses over ``count`` targets, so the full-data mean is exactly
+
+    L(w) = sum_b total_b(w) / sum_b count_b
+
+whatever the batch sizes or masks. The protocols:
+
+* :class:`TaskLoss` -- the built-in losses of ``(x, y)`` batches: ``classification`` (cross-entropy on
+  logits), ``regression`` (MSE), ``language_model`` (token cross-entropy; ``count`` = tokens).
+* :class:`Criterion` -- any mean-reduced ``criterion(output, target)`` (an ``nn.CrossEntropyLoss()``, a
+  function), as in PyHessian: ``total = criterion(model(inputs), target) * rows``. A batch is ``(x, y)``,
+  a dict (``model(**inputs)``, the target under ``labels``/``label``/``targets``/``target``/``y``), or
+  anything ``split(batch) -> (inputs, target)`` understands.
+* :class:`BatchLoss` -- full control: ``fn(model, batch) -> (total, count)`` or ``(total, count, correct)``;
+  ``total`` a scalar sum, or a 1-D tensor of per-sample losses (summed; the empirical Fisher needs this form).
+
+:func:`as_loss` picks one from what a user passes: a task name, a protocol object, an ``nn.Module``
+criterion, or a function (``fn(model, batch)`` when its first parameter is named ``model``/``module``/
+``net``/``network``, otherwise a criterion).
+"""
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+from landscape.losses import loss_fn, target_count
+from landscape.objective.batches import describe
+
+TARGET_KEYS = ("labels", "label", "targets", "target", "y")
+"""Keys a dict batch's target is looked up under by :class:`Criterion`."""
+
+
+class LossError(ValueError):
+    """A loss that returned something unusable; the message is one line naming the batch."""
+
+
+@dataclass
+class LossValue:
+    """One batch's ``total`` (sum of losses), ``count`` (targets averaged over), and, when the loss knows
+    them, ``correct`` top-1 predictions out of ``predictions``."""
+
+    total: torch.Tensor
+    count: float | torch.Tensor
+    correct: torch.Tensor | None = None
+    predictions: float | torch.Tensor | None = None
+
+
+class Loss:
+    """A loss protocol. ``value`` is required; ``output``/``output_total`` (the GGN) and ``per_sample``
+    (the empirical Fisher) raise :class:`LossError` where the protocol cannot give them."""
+
+    name = "loss"
+
+    def value(self, model: nn.Module, batch: Any) -> LossValue:
+        raise NotImplementedError
+
+    def output(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        raise LossError(f"the generalized Gauss-Newton matrix needs the model output apart from the loss; "
+                        f"{self.name} does not give it (use a task loss or a criterion)")
+
+    def output_total(self, out: torch.Tensor, batch: Any) -> tuple[torch.Tensor, float]:
+        """``(total, count)`` of the batch from the model output ``out`` (the GGN's outer loss)."""
+        raise LossError(f"{self.name} cannot compute the loss from the model output alone")
+
+    def per_sample(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        raise LossError(f"the empirical Fisher needs per-sample losses; {self.name} does not give them")
+
+    def describe(self) -> dict[str, Any]:
+        """What identifies this loss in a report's settings."""
+        return {"loss": self.name}
+
+
+def _pair(batch: Any, what: str) -> tuple[Any, Any]:
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return batch[0], batch[1]
+    raise LossError(f"{what} needs (inputs, target) batches, got {describe(batch)}; pass a criterion with "
+                    "split=, or a loss_fn(model, batch)")
+
+
+class TaskLoss(Loss):
+    """The built-in loss of ``task`` on ``(x, y)`` batches (see :func:`landscape.losses.loss_fn`)."""
+
+    def __init__(self, task: str = "classification", label_smoothing: float = 0.0) -> None:
+        self.task, self.label_smoothing = task, float(label_smoothing)
+        self._mean = loss_fn(task, label_smoothing)
+        self._none = loss_fn(task, label_smoothing, reduction="none")
+        self.name = task
+
+    def value(self, model: nn.Module, batch: Any) -> LossValue:
+        x, y = _pair(batch, f"the built-in {self.task} loss")
+        out = model(x)
+        n = target_count(self.task, y)
+        correct = None if self.task == "regression" else (out.argmax(-1) == y).sum().to(out.dtype)
+        return LossValue(self._mean(out, y) * n, n, correct, None if correct is None else n)
+
+    def output(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        return model(_pair(batch, f"the built-in {self.task} loss")[0])
+
+    def output_total(self, out: torch.Tensor, batch: Any) -> tuple[torch.Tensor, float]:
+        y = batch[1]
+        n = target_count(self.task, y)
+        return self._mean(out, y) * n, n
+
+    def per_sample(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        x, y = _pair(batch, f"the built-in {self.task} loss")
+        return self._none(model(x), y)
+
+    def describe(self) -> dict[str, Any]:
+        return {"loss": self.task, "label_smoothing": self.label_smoothing}
+
+
+def call_model(model: nn.Module, inputs: Any) -> Any:
+    """``model(inputs)`` for a tensor, ``model(*inputs)`` for a tuple/list, ``model(**inputs)`` for a mapping."""
+    if isinstance(inputs, Mapping):
+        return model(**inputs)
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs)
+    return model(inputs)
+
+
+def model_output(out: Any) -> torch.Tensor:
+    """The prediction tensor of a model's output: itself, a mapping's/ModelOutput's ``logits``, or the first
+    element of a tuple."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, Mapping) and "logits" in out:
+        return out["logits"]
+    logits = getattr(out, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    raise LossError(f"cannot find the prediction tensor in the model output ({type(out).__name__}); "
+                    "use a loss_fn(model, batch)")
+
+
+def default_split(batch: Any) -> tuple[Any, Any]:
+    """``(inputs, target)`` of an ``(x, y)`` batch or of a dict batch (target under :data:`TARGET_KEYS`)."""
+    if isinstance(batch, Mapping):
+        for key in TARGET_KEYS:
+            if key in batch:
+                return {k: v for k, v in batch.items() if k != key}, batch[key]
+        raise LossError(f"no target in the dict batch (keys {', '.join(map(str, batch))}; looked for "
+                        f"{', '.join(TARGET_KEYS)}): pass split= or a loss_fn(model, batch)")
+    return _pair(batch, "a criterion")
+
+
+class Criterion(Loss):
+    """A mean-reduced ``criterion(output, target)``; each batch weighs by its rows (``len(target)``)."""
+
+    def __init__(self, criterion: Callable[[Any, Any], torch.Tensor],
+                 split: Callable[[Any], tuple[Any, Any]] | None = None) -> None:
+        self.criterion, self.split = criterion, split or default_split
+        self.name = _name(criterion)
+
+    def _forward(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, Any]:
+        inputs, target = self.split(batch)
+        return model_output(call_model(model, inputs)), target
+
+    def value(self, model: nn.Module, batch: Any) -> LossValue:
+        out, target = self._forward(model, batch)
+        n = _rows(target)
+        correct = predictions = None
+        if (isinstance(target, torch.Tensor) and not target.is_floating_point() and out.dim() >= 2
+                and tuple(out.shape[:-1]) == tuple(target.shape)):
+            correct, predictions = (out.argmax(-1) == target).sum().to(out.dtype), target.numel()
+        return LossValue(self._mean(out, target) * n, n, correct, predictions)
+
+    def _mean(self, out: torch.Tensor, target: Any) -> torch.Tensor:
+        loss = self.criterion(out, target)
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+            got = f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else type(loss).__name__
+            raise LossError(f"criterion {self.name} returned {got}, not a scalar (use reduction='mean')")
+        return loss.reshape(())
+
+    def output(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        return self._forward(model, batch)[0]
+
+    def output_total(self, out: torch.Tensor, batch: Any) -> tuple[torch.Tensor, float]:
+        target = self.split(batch)[1]
+        n = _rows(target)
+        return self._mean(out, target) * n, n
+
+    def per_sample(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        out, target = self._forward(model, batch)
+        try:
+            return torch.vmap(lambda o, t: self._mean(o[None], t[None]))(out, target)
+        except LossError:
+            raise
+        except Exception:  # noqa: BLE001 - an op vmap cannot batch: one sample at a time
+            return torch.stack([self._mean(out[i:i + 1], target[i:i + 1]) for i in range(len(out))])
+
+    def describe(self) -> dict[str, Any]:
+        return {"loss": f"criterion {self.name}"}
+
+
+class BatchLoss(Loss):
+    """``fn(model, batch) -> (total, count)`` or ``(total, count, correct)``: full control of the loss."""
+
+    def __init__(self, fn: Callable[[nn.Module, Any], Any], name: str | None = None) -> None:
+        self.fn, self.name = fn, name or _name(fn)
+
+    def _call(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, Any, Any]:
+        got = self.fn(model, batch)
+        if not isinstance(got, (tuple, list)) or len(got) not in (2, 3):
+            raise LossError(f"loss_fn {self.name} returned {type(got).__name__}; it must return (sum of losses, "
+                            "count) or (sum, count, correct)")
+        total, count = got[0], got[1]
+        if not isinstance(total, torch.Tensor) or total.dim() > 1:
+            what = type(total).__name__ if not isinstance(total, torch.Tensor) else f"shape {tuple(total.shape)}"
+            raise LossError(f"loss_fn {self.name}: the sum of losses must be a scalar tensor (or a 1-D tensor of "
+                            f"per-sample losses), got {what}")
+        if not isinstance(count, (int, float, torch.Tensor)) or isinstance(count, bool) or (
+                isinstance(count, torch.Tensor) and count.numel() != 1):
+            raise LossError(f"loss_fn {self.name}: the count must be a number, got {type(count).__name__}")
+        return total, count, got[2] if len(got) == 3 else None
+
+    def value(self, model: nn.Module, batch: Any) -> LossValue:
+        total, count, correct = self._call(model, batch)
+        if isinstance(correct, (int, float)):
+            correct = total.new_tensor(float(correct))
+        return LossValue(total.sum(), count, correct, None if correct is None else count)
+
+    def per_sample(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        total = self._call(model, batch)[0]
+        if total.dim() != 1:
+            raise LossError(f"the empirical Fisher needs per-sample losses: make loss_fn {self.name} return a 1-D "
+                            "tensor of per-sample losses as its first value")
+        return total
+
+    def describe(self) -> dict[str, Any]:
+        return {"loss": f"loss_fn {self.name}"}
+
+
+def _rows(target: Any) -> int:
+    if isinstance(target, torch.Tensor):
+        return int(target.shape[0]) if target.dim() > 0 else 1
+    try:
+        return len(target)
+    except TypeError:
+        return 1
+
+
+def _name(fn: Any) -> str:
+    if isinstance(fn, nn.Module):
+        return type(fn).__name__
+    module, qual = getattr(fn, "__module__", None), getattr(fn, "__qualname__", None)
+    return f"{module}:{qual}" if module and qual else repr(fn)
+
+
+_MODEL_PARAMS = ("model", "module", "net", "network")
+
+
+def as_loss(loss: Any = None, *, task: str | None = None, label_smoothing: float = 0.0) -> Loss:
+    """The loss protocol for ``loss`` (module docstring); ``None`` is ``task`` (default classification)."""
+    if isinstance(loss, Loss):
+        return loss
+    if loss is None or isinstance(loss, str):
+        return TaskLoss(loss or task or "classification", label_smoothing)
+    if isinstance(loss, nn.Module):
+        return Criterion(loss)
+    if not callable(loss):
+        raise TypeError(f"a loss must be a task name, a criterion or a loss_fn(model, batch), got "
+                        f"{type(loss).__name__}")
+    try:
+        params = [p for p in inspect.signature(loss).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        params = []
+    if params and params[0].name in _MODEL_PARAMS:
+        return BatchLoss(loss)
+    return Criterion(loss)
+
+
+def check_value(v: LossValue, index: int, loss: Loss) -> None:
+    """A one-line :class:`LossError` naming batch ``index`` when its loss or count is not finite / positive."""
+    total = float(v.total.detach())
+    count = float(v.count.detach()) if isinstance(v.count, torch.Tensor) else float(v.count)
+    if not math.isfinite(total):
+        raise LossError(f"{loss.name} gave a non-finite loss ({total}) on batch {index}")
+    if not math.isfinite(count) or count <= 0:
+        raise LossError(f"{loss.name} gave count {count} on batch {index}; it must be a positive number")
+
+
+__all__ = ["BatchLoss", "Criterion", "Loss", "LossError", "LossValue", "TARGET_KEYS", "TaskLoss", "as_loss",
+           "call_model", "check_value", "default_split", "model_output"]

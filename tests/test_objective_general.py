@@ -1,0 +1,206 @@
+"""The general objective: DataLoaders and re-iterables of batches, dict batches, criteria and loss_fn, against
+the in-memory objective and dense float64 references; bounded memory while streaming; one-line loss errors."""
+from __future__ import annotations
+
+import gc
+import weakref
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, IterableDataset, TensorDataset
+
+from landscape.objective import DataError, LossError, Objective
+from landscape.objective.products import gradient_graph, graph_bytes
+from tests.curvature_helpers import assert_unchanged, bn_net, dense_hessian, snapshot
+
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+
+
+@pytest.fixture(scope="module")
+def data():
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(50, 5, generator=g, dtype=torch.float64), torch.randint(0, 3, (50,), generator=g)
+
+
+class Keyed(nn.Module):
+    """``forward(features=...)``: the network called with a dict batch's keywords."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net(features)
+
+
+class DictBatches(IterableDataset):
+    """Dict batches of ``size`` rows (the last one shorter), yielded whole."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, size: int) -> None:
+        self.x, self.y, self.size = x, y, size
+
+    def __iter__(self):
+        for i in range(0, len(self.x), self.size):
+            yield {"features": self.x[i:i + self.size], "labels": self.y[i:i + self.size]}
+
+
+def _assert_same(a: Objective, b: Objective, kinds=("hessian", "ggn", "fisher"), rtol=1e-12) -> None:
+    torch.manual_seed(3)
+    w = a.params() + 0.05 * torch.randn(a.num_params, dtype=torch.float64)
+    V = torch.randn(3, a.num_params, dtype=torch.float64)
+    assert a.loss(w) == pytest.approx(b.loss(w), rel=rtol)
+    torch.testing.assert_close(a.grad(w), b.grad(w), rtol=rtol, atol=1e-14)
+    for kind in kinds:
+        torch.testing.assert_close(a.mvp(kind, V, w), b.mvp(kind, V, w), rtol=rtol, atol=1e-14)
+    torch.testing.assert_close(a.hvp(V), b.hvp(V), rtol=rtol, atol=1e-14)  # at w0: the graph cache
+    ea, eb = a.evaluate_many(w[None].repeat(3, 1)), b.evaluate_many(w[None].repeat(3, 1))
+    torch.testing.assert_close(torch.as_tensor(ea["loss"]), torch.as_tensor(eb["loss"]), rtol=rtol, atol=0)
+    assert a.num_samples == b.num_samples and a.total_count == b.total_count
+
+
+@pytest.mark.parametrize("cache_memory", [None, 0])
+def test_shuffling_dataloader_equals_in_memory(data, cache_memory):
+    x, y = data
+    model = bn_net()
+    before = snapshot(model)
+    mem = Objective(model, x, y, batch_size=7)
+    loader = DataLoader(TensorDataset(x, y), batch_size=7, shuffle=True)  # seeded per pass: same order each time
+    stream = Objective(model, loader, loss="classification", cache_memory=cache_memory)
+    state = torch.random.get_rng_state()
+    stream.loss(), stream.grad()
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's random state untouched
+    _assert_same(stream, mem)
+    assert stream.source.cached is (cache_memory is None) and stream.source.num_batches == 8
+    H = dense_hessian(model, x, y)
+    torch.testing.assert_close(stream.hessian.to_dense(), H, rtol=1e-12, atol=1e-13)
+    assert_unchanged(model, before)
+
+
+def test_dict_batches_with_a_criterion_and_a_loss_fn(data):
+    x, y = data
+    net = bn_net(seed=2)
+    mem = Objective(net, x, y, batch_size=10)
+    loader = DataLoader(DictBatches(x, y, 9), batch_size=None)
+    crit = Objective(Keyed(net), loader, loss=nn.CrossEntropyLoss())
+    _assert_same(crit, mem)
+    assert crit.evaluate()["acc"] == pytest.approx(mem.evaluate()["acc"])
+
+    def loss_fn(model, batch):  # per-sample losses: the empirical Fisher works too
+        return F.cross_entropy(model(batch["features"]), batch["labels"], reduction="none"), len(batch["labels"])
+
+    full = Objective(Keyed(net), loader, loss=loss_fn)
+    _assert_same(full, mem, kinds=("hessian", "fisher"))
+    assert full.evaluate()["acc"] is None  # a loss_fn without a correct count gives no accuracy
+    with pytest.raises(LossError, match="Gauss-Newton matrix needs the model output"):
+        full.gvp(full.params())
+
+
+def test_masked_loss_fn_weighs_by_its_count(data):
+    """A loss_fn whose count is a masked number of targets: the mean is over the unmasked ones only."""
+    x, y = data
+    net = bn_net(seed=4)
+    keep = torch.arange(50) % 3 != 0
+
+    def masked(model, batch):
+        xb, yb, mb = batch
+        losses = F.cross_entropy(model(xb), yb, reduction="none")
+        return (losses * mb).sum(), mb.sum()
+
+    obj = Objective(net, [(x[i:i + 8], y[i:i + 8], keep[i:i + 8].double()) for i in range(0, 50, 8)], loss=masked)
+    ref = Objective(net, x[keep], y[keep], batch_size=1000)
+    assert obj.loss() == pytest.approx(ref.loss(), rel=1e-13)
+    assert obj.total_count == int(keep.sum()) and obj.num_samples == 50
+    v = torch.randn(obj.num_params, dtype=torch.float64)
+    torch.testing.assert_close(obj.hvp(v), ref.hvp(v), rtol=1e-12, atol=1e-14)
+    with pytest.raises(LossError, match="empirical Fisher"):
+        obj.fvp(v)
+
+
+def test_group_gradients_and_minibatches_of_a_stream(data):
+    x, y = data
+    net = bn_net(seed=5)
+    mem = Objective(net, x, y, batch_size=16)
+    stream = Objective(net, DataLoader(TensorDataset(x, y), batch_size=7), loss="classification")
+    for size in (1, 4):
+        a, b = torch.cat(list(mem.group_gradients(size))), torch.cat(list(stream.group_gradients(size)))
+        assert a.shape == (50 // size, mem.num_params)
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    parts = stream.minibatches(6, limit=5)
+    assert len(parts) == 5
+    assert parts[1].loss() == pytest.approx(Objective(net, x[6:12], y[6:12]).loss(), rel=1e-13)  # stream order
+
+
+def test_a_source_that_changes_between_passes_raises(data):
+    x, y = data
+    loader = DataLoader(TensorDataset(x, y), batch_size=7, shuffle=True,
+                        generator=torch.Generator().manual_seed(1))  # its own generator moves on each pass
+    obj = Objective(bn_net(), loader, cache_memory=0)
+    obj.loss()
+    with pytest.raises(DataError, match="differs from the first pass"):
+        obj.loss()
+    with pytest.raises(DataError, match="one-shot iterator"):
+        Objective(bn_net(), iter([(x, y)]))
+
+
+@pytest.mark.parametrize("result, message", [
+    (lambda out, y: (F.cross_entropy(out, y, reduction="none")[:, None].repeat(1, 2), 1), "must be a scalar"),
+    (lambda out, y: 3.0, "returned float"),
+    (lambda out, y: (out.sum() * float("nan"), len(y)), "non-finite loss"),
+    (lambda out, y: (F.cross_entropy(out, y), 0), "count 0"),
+])
+def test_bad_loss_fn_is_a_one_line_error_naming_the_batch(data, result, message):
+    x, y = data
+    net = bn_net()
+
+    def loss_fn(model, batch):
+        return result(model(batch[0]), batch[1])
+
+    obj = Objective(net, [(x[:20], y[:20]), (x[20:], y[20:])], loss=loss_fn)
+    with pytest.raises(LossError, match=message) as e:
+        obj.loss_and_grad()
+    assert "batch 0" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_non_scalar_criterion_and_wrong_batches_are_one_line_errors(data):
+    x, y = data
+    with pytest.raises(LossError, match="batch 0: criterion .*not a scalar"):
+        Objective(bn_net(), [(x, y)], loss=nn.CrossEntropyLoss(reduction="none")).loss()
+    with pytest.raises(LossError, match=r"batch 0: the built-in classification loss needs \(inputs, target\)"):
+        Objective(Keyed(bn_net()), DataLoader(DictBatches(x, y, 9), batch_size=None)).loss()
+
+
+class Generated(IterableDataset):
+    """``batches`` batches of ``rows`` random rows made on the fly (nothing held), each tracked by weakref."""
+
+    def __init__(self, batches: int, rows: int, dim: int) -> None:
+        self.batches, self.rows, self.dim = batches, rows, dim
+        self.alive: weakref.WeakSet = weakref.WeakSet()
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(7)
+        for _ in range(self.batches):
+            x = torch.randn(self.rows, self.dim, generator=g, dtype=torch.float64)
+            self.alive.add(x)
+            yield x, torch.randint(0, 3, (self.rows,), generator=g)
+
+
+def test_streaming_ten_times_the_graph_budget_keeps_memory_bounded():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(64, 32), nn.Tanh(), nn.Linear(32, 3)).double()
+    stream = Generated(batches=40, rows=32, dim=64)
+    batch = next(iter(Generated(1, 32, 64)))
+    per_batch = graph_bytes(gradient_graph(Objective(net, [batch]), batch)[1])  # one batch's graph
+    budget = 4 * per_batch  # the data is 10x the budget
+    obj = Objective(net, DataLoader(stream, batch_size=None), graph_memory=budget, cache_memory=0)
+    V = torch.randn(2, obj.num_params, dtype=torch.float64)
+    first = obj.hvp(V)
+    gc.collect()
+    assert obj._graph_bytes <= budget and len(obj._graphs) == 4
+    assert len(stream.alive) <= len(obj._graphs) + 1  # the cached graphs hold their inputs; nothing else stays
+    assert not obj.source.cached
+    torch.testing.assert_close(obj.hvp(V), first, rtol=1e-13, atol=1e-15)  # cached prefix + fresh rest
+    xs, ys = zip(*Generated(40, 32, 64))
+    ref = Objective(net, torch.cat(xs), torch.cat(ys), batch_size=32, cache_graph=False)
+    torch.testing.assert_close(first, ref.hvp(V), rtol=1e-12, atol=1e-14)
