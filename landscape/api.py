@@ -55,17 +55,15 @@ def hessian_eigenvalues(model: Any, loss: Any = None, data: Any = None, k: int =
     raise ValueError(f"method must be 'lanczos' or 'power', got {method!r}")
 
 
-def hessian_trace(model: Any, loss: Any = None, data: Any = None, *, method: str = "hutchpp",
+def hessian_trace(model: Any, loss: Any = None, data: Any = None, *, method: str | None = None,
                   **kwargs: Any) -> Any:
-    """``tr(H)`` by Hutch++ (``method="hutchpp"``) or Hutchinson (``"hutchinson"``); ``kwargs`` go to the
-    estimator (``max_samples``, ``rtol``, ``seed``, ...). Returns a
-    :class:`~landscape.curvature.trace.TraceResult` (``.trace``, ``.stderr``)."""
-    from landscape.curvature.trace import hutchinson, hutchpp
+    """``tr(H)`` by ``method``, one of :data:`~landscape.curvature.trace.TRACE_METHODS` (default
+    :data:`~landscape.curvature.trace.DEFAULT_TRACE_METHOD`, the most accurate per HVP by
+    ``benchmarks/bench_trace.py``); ``kwargs`` go to the estimator (``max_samples``, ``rtol``, ``seed``, ...).
+    Returns a :class:`~landscape.curvature.trace.TraceResult` (``.trace``, ``.stderr``)."""
+    from landscape.curvature.trace import DEFAULT_TRACE_METHOD, estimate_trace
 
-    estimators = {"hutchpp": hutchpp, "hutchinson": hutchinson}
-    if method not in estimators:
-        raise ValueError(f"method must be one of {', '.join(estimators)}, got {method!r}")
-    return estimators[method](_objective(model, loss, data, kwargs).hessian, **kwargs)
+    return estimate_trace(_objective(model, loss, data, kwargs).hessian, method or DEFAULT_TRACE_METHOD, **kwargs)
 
 
 def spectral_density(model: Any, loss: Any = None, data: Any = None, **kwargs: Any) -> Any:

@@ -109,7 +109,9 @@ def test_split_subset_power_and_hutchinson(ckpt, tmp_path, capsys):
     (["--top-k", "500"], "eigenvalues <= 75 parameters"),
     (["--eig-method", "power", "--which", "both"], "largest-magnitude"),
     (["--params", "no_such_layer"], "selects no trainable parameter"),
-    (["--trace-samples", "4", "--trace-rank", "3"], "hutchpp needs"),
+    (["--trace-method", "hutchpp-random", "--trace-samples", "4", "--trace-rank", "3"], "hutchpp needs"),
+    (["--trace-method", "xtrace", "--trace-rank", "3"], "--trace-rank sets the Hutch++ sketch"),
+    (["--trace-method", "xtrace", "--trace-samples", "3"], "xtrace needs"),
 ])
 def test_user_errors_are_one_line(ckpt, capsys, extra, message):
     code, _, err = run([ckpt, *ENTRY, "--quiet", *extra], capsys)

@@ -9,7 +9,8 @@ import torch
 import torch.nn as nn
 
 from landscape.curvature.operators import MatrixOperator
-from landscape.curvature.trace import hutchinson, hutchpp, rademacher
+from landscape.curvature.trace import (DEFAULT_TRACE_METHOD, TRACE_METHODS, estimate_trace, hutchinson, hutchpp,
+                                        rademacher, sphere, xnystrace, xtrace)
 from landscape.objective import Objective
 from tests.curvature_helpers import assert_unchanged, bn_net, dense_hessian, snapshot
 from tests.fixtures import blobs
@@ -109,6 +110,16 @@ def test_lanczos_sketch_is_exact_on_an_invariant_krylov_space():
     assert np.all(np.abs(r.samples) < 1e-12)
 
 
+def test_block_sketch_is_exact_on_an_invariant_krylov_space_in_few_passes():
+    A = low_rank(100, [4.0, 3.0, 2.0, -1.0])
+    r = hutchpp(MatrixOperator(A), max_samples=80, rank=64, sketch="block", rtol=None)
+    assert abs(r.low_rank_trace - 8.0) < 1e-12 and abs(r.trace - 8.0) < 1e-12 and np.all(np.abs(r.samples) < 1e-12)
+    # blocks of min(8, 64 // 16) = 4: 16 block products, then 16 Hutchinson vectors in blocks of 8
+    assert r.rank == 64 and r.num_matvecs == 80 and r.num_passes == 16 + 2 and r.method == "hutchpp-block"
+    r = hutchpp(MatrixOperator(decaying(100)), max_samples=60, rank=40, sketch="block", rtol=None)
+    assert r.rank == 40 and r.num_passes == 20 + 3 and r.num_matvecs == 60  # blocks of 2, 20 samples in 3 passes
+
+
 def test_hutchpp_checks_its_budget():
     with pytest.raises(ValueError):
         hutchpp(MatrixOperator(decaying(30)), max_samples=10, rank=5)
@@ -116,3 +127,156 @@ def test_hutchpp_checks_its_budget():
         hutchpp(MatrixOperator(decaying(30)), max_samples=10, rank=9, sketch="lanczos")
     with pytest.raises(ValueError):
         hutchpp(MatrixOperator(decaying(30)), sketch="sobol")
+
+
+# ------------------------------------------------------------------ XTrace / XNysTrace
+def low_rank(P: int, values: list[float], seed: int = 2) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    U, _ = torch.linalg.qr(torch.randn(P, P, generator=g, dtype=torch.float64))
+    k = len(values)
+    return U[:, :k] @ torch.diag(torch.tensor(values, dtype=torch.float64)) @ U[:, :k].T
+
+
+def test_x_estimators_are_exact_once_the_budget_covers_the_dimension(data):
+    x, y = data
+    model = bn_net(dim=3, hidden=3, out=2)
+    before = snapshot(model)
+    obj = Objective(model, x, y, batch_size=7)
+    H = dense_hessian(model, x, y)
+    r = xtrace(obj, max_samples=obj.num_params)
+    assert abs(r.trace - float(torch.trace(H))) < 1e-13 and r.stderr == 0.0 and r.num_matvecs == obj.num_params
+    G = obj.ggn.to_dense()
+    r = xnystrace(obj.ggn, max_samples=40)
+    assert abs(r.trace - float(torch.trace(G))) < 1e-13 and r.method == "xnystrace"
+    assert_unchanged(model, before)
+
+
+def xtrace_by_definition(A: torch.Tensor, Om: torch.Tensor) -> np.ndarray:
+    """tr(Pi_i A Pi_i) + (P-m+1) u_i^T A u_i / ||u_i||^2, Pi_i projecting on range(A Omega_-i),
+    u_i = (I - Pi_i) omega_i."""
+    m, n = Om.shape
+    out = []
+    for i in range(m):
+        Qi = torch.linalg.qr(A @ Om[torch.arange(m) != i].T).Q
+        Pi = Qi @ Qi.T
+        u = Om[i] - Pi @ Om[i]
+        out.append(float(torch.trace(Pi @ A @ Pi) + (n - m + 1) * (u @ A @ u) / (u @ u)))
+    return np.array(out)
+
+
+def nystrom_by_definition(A: torch.Tensor, Om: torch.Tensor) -> np.ndarray:
+    """tr(N_i) + omega_i^T (A - N_i) omega_i, N_i the Nystrom approximation from the other vectors."""
+    m = len(Om)
+    out = []
+    for i in range(m):
+        others = Om[torch.arange(m) != i].T
+        Y = A @ others
+        N = Y @ torch.linalg.solve(others.T @ Y, Y.T)
+        out.append(float(torch.trace(N) + Om[i] @ (A - N) @ Om[i]))
+    return np.array(out)
+
+
+def jackknife_by_definition(estimates, A: torch.Tensor, Om: torch.Tensor) -> float:
+    m = len(Om)
+    T = np.array([estimates(A, Om[torch.arange(m) != j]).mean() for j in range(m)])
+    return float(np.sqrt((m - 1) / m * ((T - T.mean()) ** 2).sum()))
+
+
+def test_xtrace_estimates_and_jackknife_follow_their_definitions():
+    A = decaying(30) - 0.3 * torch.eye(30, dtype=torch.float64)  # indefinite
+    m = 5
+    r = xtrace(MatrixOperator(A), max_samples=2 * m, rtol=None, seed=4, block=3)
+    gen = torch.Generator().manual_seed(4)
+    Om = torch.cat([sphere(3, 30, gen), sphere(2, 30, gen)])
+    expected = xtrace_by_definition(A, Om)
+    np.testing.assert_allclose(r.samples, expected, rtol=1e-10)
+    assert r.trace == pytest.approx(expected.mean(), rel=1e-12) and r.num_matvecs == 2 * m and r.num_passes == 4
+    assert r.stderr_exchangeable == pytest.approx(expected.std(ddof=1) / np.sqrt(m), rel=1e-9)
+    assert r.stderr == pytest.approx(jackknife_by_definition(xtrace_by_definition, A, Om), rel=1e-9)
+
+
+def test_xnystrace_estimates_and_jackknife_follow_their_definitions():
+    A = decaying(25) + 0.1 * torch.eye(25, dtype=torch.float64)
+    m = 6
+    r = xnystrace(MatrixOperator(A), max_samples=m, rtol=None, seed=1)
+    Om = sphere(m, 25, torch.Generator().manual_seed(1))
+    expected = nystrom_by_definition(A, Om)
+    np.testing.assert_allclose(r.samples, expected, rtol=1e-8)  # the code's rounding shift nu ~ 1e-15 ||A||
+    assert r.num_matvecs == m and r.trace == pytest.approx(expected.mean(), rel=1e-8)
+    assert r.stderr == pytest.approx(jackknife_by_definition(nystrom_by_definition, A, Om), rel=1e-6)
+
+
+def test_x_estimators_are_exact_on_low_rank_operators():
+    """With more test vectors than the rank, every leave-one-out sketch spans range(A): no error at all."""
+    A = low_rank(80, [4.0, 3.0, 2.0, -1.0, 0.5])
+    r = xtrace(MatrixOperator(A), max_samples=20, rtol=None)
+    assert abs(r.trace - 8.5) < 1e-12 and r.stderr < 1e-12
+    B = low_rank(80, [4.0, 3.0, 2.0, 1.0, 0.5])
+    r = xnystrace(MatrixOperator(B), max_samples=8, rtol=None)
+    assert abs(r.trace - 10.5) < 1e-10 and r.stderr < 1e-10
+
+
+@pytest.mark.parametrize("method", ["xtrace", "xnystrace", "hutchpp-block"])
+def test_x_estimators_are_unbiased(method):
+    """The mean over 600 seeds is within 4 standard errors of tr(A), that standard error taken from the spread
+    of the 600 estimates (not from the estimator's own stderr)."""
+    A = decaying(30) + (0.5 if method == "xnystrace" else -0.2) * torch.eye(30, dtype=torch.float64)
+    tr = float(torch.trace(A))
+    budget = {"hutchpp-block": 12}.get(method, 6)
+    est = np.array([estimate_trace(MatrixOperator(A), method, max_samples=budget, rtol=None, seed=s).trace
+                    for s in range(600)])
+    se = est.std(ddof=1) / np.sqrt(len(est))
+    assert abs(est.mean() - tr) < 4 * se and se < 0.05 * abs(tr)
+
+
+@pytest.mark.parametrize("method", ["xtrace", "xnystrace"])
+def test_x_standard_error_covers_the_error(method):
+    """Over 150 seeds |estimate - tr| <= 2 stderr at least 93% of the time (the jackknife errs on the safe side;
+    the exchangeable estimates' spread would not), and the stderr's RMS is within [1, 3] x the RMS error."""
+    A = decaying(120) + 0.05 * torch.eye(120, dtype=torch.float64)
+    tr = float(torch.trace(A))
+    runs = [estimate_trace(MatrixOperator(A), method, max_samples=24, rtol=None, seed=s) for s in range(150)]
+    err = np.array([r.trace - tr for r in runs])
+    se = np.array([r.stderr for r in runs])
+    assert np.mean(np.abs(err) <= 2 * se) >= 0.93
+    assert 1.0 < np.sqrt(np.mean(se**2) / np.mean(err**2)) < 3
+    exch = np.array([r.stderr_exchangeable for r in runs])
+    assert np.all(exch < se)
+
+
+def test_default_standard_error_covers_the_error():
+    """The default's stderr (Hutchinson's on the deflated rest: 10 samples at budget 30) covers the error at
+    Student's t_9 rate (|t| <= 2: 92.4%) over 300 seeds, within 3 binomial standard deviations."""
+    A = decaying(120) + 0.05 * torch.eye(120, dtype=torch.float64)
+    tr = float(torch.trace(A))
+    runs = [estimate_trace(MatrixOperator(A), max_samples=30, rtol=None, seed=s) for s in range(300)]
+    assert all(len(r.samples) == 10 for r in runs)
+    err = np.array([r.trace - tr for r in runs])
+    se = np.array([r.stderr for r in runs])
+    assert np.mean(np.abs(err) <= 2 * se) >= 0.924 - 3 * np.sqrt(0.924 * 0.076 / 300)
+    assert 0.7 < np.sqrt(np.mean(se**2) / np.mean(err**2)) < 1.4
+
+
+def test_x_estimators_stop_at_the_requested_relative_error():
+    A = decaying(200) + 0.2 * torch.eye(200, dtype=torch.float64)
+    for method in ("xtrace", "xnystrace"):
+        r = estimate_trace(MatrixOperator(A), method, max_samples=190, rtol=0.02, block=4)
+        assert r.converged and r.stderr <= 0.02 * abs(r.trace) and r.num_matvecs < 190
+        assert abs(r.trace - float(torch.trace(A))) < 4 * r.stderr
+        cost = 2 if method == "xtrace" else 1
+        assert r.num_matvecs == cost * r.rank and r.rank % 4 == 0
+        short = estimate_trace(MatrixOperator(A), method, max_samples=r.num_matvecs - 4 * cost, rtol=0.02, block=4)
+        assert not short.converged  # the rule did not hold one block earlier
+        r = estimate_trace(MatrixOperator(A), method, max_samples=24, rtol=1e-9)
+        assert not r.converged and r.num_matvecs == 24
+
+
+def test_trace_methods_check_their_input():
+    with pytest.raises(ValueError, match="positive semi-definite"):
+        xnystrace(MatrixOperator(decaying(50) - 2 * torch.eye(50, dtype=torch.float64)), max_samples=20)
+    with pytest.raises(ValueError, match="max_samples"):
+        xtrace(MatrixOperator(decaying(50)), max_samples=3)
+    with pytest.raises(ValueError, match="trace method"):
+        estimate_trace(MatrixOperator(decaying(50)), "hutch")
+    assert estimate_trace(MatrixOperator(decaying(50)), "hutchpp-random", max_samples=30).method == "hutchpp-random"
+    assert DEFAULT_TRACE_METHOD in TRACE_METHODS

@@ -10,7 +10,7 @@ from landscape.curvature.fisher import METHODS as FISHER_METHODS, fisher_eigenva
 from landscape.curvature.gradients import GROUPINGS, gradient_norms
 from landscape.curvature.lanczos import WHICH, lanczos
 from landscape.curvature.power import power_iteration
-from landscape.curvature.trace import hutchinson, hutchpp
+from landscape.curvature.trace import DEFAULT_TRACE_METHOD, TRACE_METHODS, estimate_trace
 
 LANCZOS_TOL, POWER_TOL, POWER_MAX_ITER = 1e-6, 1e-3, 100
 
@@ -119,10 +119,10 @@ register_measure(Measure("hessian_eigenvalues", "Hessian eigenvalues", _eig_args
 
 # ------------------------------------------------------------- Hessian trace
 def _trace_args(g: argparse._ArgumentGroup) -> None:
-    g.add_argument("--trace-method", choices=["hutchinson", "hutchpp"], default="hutchpp",
-                   help="Hutchinson (Rademacher) or Hutch++ [default: hutchpp]")
-    g.add_argument("--trace-sketch", choices=["lanczos", "random"], default="lanczos",
-                   help="Hutch++ low-rank part: a Lanczos basis, or orth(H S) as in Meyer et al. [default: lanczos]")
+    g.add_argument("--trace-method", choices=TRACE_METHODS, default=DEFAULT_TRACE_METHOD,
+                   help="Hutchinson (Rademacher), Hutch++ with a random or Lanczos sketch, XTrace, or XNysTrace "
+                        f"(PSD operators only) [default: {DEFAULT_TRACE_METHOD}, the most accurate per HVP measured "
+                        "by benchmarks/bench_trace.py]")
     g.add_argument("--trace-samples", type=int, default=150, help="most HVPs (0: skip the trace) [default: 150]")
     g.add_argument("--trace-rtol", type=float, default=1e-2,
                    help="stop once stderr <= rtol * |trace| [default: 0.01]")
@@ -132,13 +132,13 @@ def _trace_args(g: argparse._ArgumentGroup) -> None:
 
 def _trace(ctx: AnalysisContext) -> dict[str, Any]:
     o = ctx.options
-    op = ctx.objective().hessian
-    if o.trace_method == "hutchinson":
-        r = hutchinson(op, max_samples=o.trace_samples, rtol=o.trace_rtol, seed=o.seed, progress=ctx.progress)
-    else:
-        r = hutchpp(op, max_samples=o.trace_samples, rank=o.trace_rank, sketch=o.trace_sketch, rtol=o.trace_rtol,
-                    seed=o.seed, progress=ctx.progress)
-    return r.to_dict()
+    options: dict[str, Any] = {"max_samples": o.trace_samples, "rtol": o.trace_rtol, "seed": o.seed,
+                               "progress": ctx.progress}
+    if o.trace_rank is not None:
+        if not o.trace_method.startswith("hutchpp"):
+            raise ValueError(f"--trace-rank sets the Hutch++ sketch size; --trace-method {o.trace_method} has none")
+        options["rank"] = o.trace_rank
+    return estimate_trace(ctx.objective().hessian, o.trace_method, **options).to_dict()
 
 
 def _trace_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
