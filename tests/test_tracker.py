@@ -179,3 +179,35 @@ def test_diverging_run_logs_null_curvature(tmp_path):
     rows = [json.loads(line) for line in run_paths(tmp_path / "r.pt")["curvature"].read_text().splitlines()]
     assert rows[0]["lambda_max"] is not None and math.isfinite(rows[0]["lambda_max"])
     assert all(v is None or not isinstance(v, float) or np.isfinite(v) for r in rows for v in r.values())
+
+
+def test_plot_training_cli_and_report_section(tmp_path, capsys):
+    from landscape.report import html_report
+    from landscape.report.training import load_runs, summary
+
+    track = TrackConfig(every=3, trace_samples=6)
+    for name, momentum in (("gd", 0.0), ("heavy", 0.9)):
+        c = config(optimizer="sgd", hparams={}, momentum=momentum, weight_decay=0.0, schedule="constant", epochs=1,
+                   model_kwargs={"hidden": [8]})
+        Trainer(c, tmp_path / f"{name}.pt", progress=False, track=track).run()
+    stem = tmp_path / "both"
+    assert main(["plot-training", str(tmp_path / "gd.pt"), str(run_paths(tmp_path / "heavy.pt")["curvature"]),
+                 "--out", str(stem)]) == 0
+    printed = capsys.readouterr().out
+    assert "gd: 3 rows to step 6" in printed and "heavy: 3 rows to step 6" in printed
+    assert (tmp_path / "both.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (tmp_path / "both.html").read_text()
+    assert "heavy: stability threshold" in page and "Plotly" in page
+    assert "heavy: 2 \\u002f lr" in page and "gd: 2 \\u002f lr" not in page  # dotted 2/lr only where it differs
+    runs = load_runs([tmp_path / "gd.pt", tmp_path / "heavy.pt"])
+    gd, heavy = (summary(rows) for _, rows in runs)
+    assert runs[0][1][0]["threshold"] == pytest.approx(20.0) and runs[1][1][0]["threshold"] == pytest.approx(38.0)
+    assert gd["edge_ratio_max"] == pytest.approx(max(r["lambda_max"] / 20.0 for r in runs[0][1]))
+    assert heavy["hvps"] == sum(r["hvps"] for r in runs[1][1])
+    # The analysis/compare report draws the rows when they exist.
+    report = {"checkpoint": {"path": str(tmp_path / "gd.pt")}, "model": {"name": "mlp"}, "data": {"name": DATA}}
+    html = html_report([report], tmp_path / "r.html", training=runs[:1]).read_text()
+    assert 'id="training"' in html and "Curvature during training" in html
+    assert 'id="training"' not in html_report([report], tmp_path / "s.html").read_text()
+    assert main(["plot-training", str(tmp_path / "nothing.pt")]) == 2
+    assert "no curvature rows" in capsys.readouterr().err
