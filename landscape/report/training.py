@@ -77,6 +77,12 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "hvps": sum(r.get("hvps", 0) for r in rows), "seconds": sum(r.get("seconds", 0.0) for r in rows)}
 
 
+def _log_scale(runs: Sequence[Run], key: str) -> bool:
+    """Gradient norms and losses span decades: a log axis where every value is positive."""
+    values = np.concatenate([_series(rows, key)[1] for _, rows in runs])
+    return key in ("grad_norm", "loss") and len(values) > 0 and bool((values > 0).all())
+
+
 def _panels(runs: Sequence[Run]) -> list[tuple[str, str]]:
     return [(k, t) for k, t in PANELS if any(r.get(k) is not None for _, rows in runs for r in rows)]
 
@@ -123,6 +129,9 @@ def training_figure(runs: Sequence[Run], title: str = "curvature during training
     rng = _lambda_range(runs)
     if rng is not None and panels and panels[0][0] == "lambda_max":
         fig.update_yaxes(range=list(rng), row=1, col=1)
+    for j, (key, _) in enumerate(panels, start=1):
+        if _log_scale(runs, key):
+            fig.update_yaxes(type="log", row=j, col=1)
     fig.update_xaxes(title_text="step", row=len(panels), col=1)
     fig.update_layout(title=title, height=260 * len(panels) + 80, template="plotly_white")
     return fig
@@ -178,10 +187,12 @@ def plot_training(runs: Sequence[Run], stem: str | Path, formats: Sequence[str] 
     rng = _lambda_range(runs)
     if rng is not None and panels[0][0] == "lambda_max":
         axes[0].set_ylim(*rng)
-        axes[0].legend(fontsize=7, loc="best")
+    axes[0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     axes[-1].set_xlabel("step")
-    for ax in axes:
+    for ax, (key, _) in zip(axes, panels):
         ax.grid(alpha=0.3)
+        if _log_scale(runs, key):
+            ax.set_yscale("log")
     fig.tight_layout()
     return _save(fig, stem, formats)
 
