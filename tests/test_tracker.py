@@ -59,7 +59,7 @@ def _dense_top(model, x, y) -> float:
 
 def test_tracked_lambda_max_is_exact_and_warm_equals_cold(tmp_path):
     """Rows at every other epoch end against a dense float64 Hessian of the weights then,
-    and against a cold-started Lanczos run: both to 1e-3 relative (the acceptance), dense to 1e-6 here."""
+    and against a cold-started Lanczos run: both to 1e-3 relative (the acceptance), dense to 1e-5 here."""
     c = config(optimizer="sgd", hparams={}, model_kwargs={"hidden": [8], "activation": "tanh"})
     states = []
     trainer = Trainer(c, tmp_path / "r.pt", progress=False, track=TrackConfig(every=12, subset=64, dtype="float64"),
@@ -76,7 +76,7 @@ def test_tracked_lambda_max_is_exact_and_warm_equals_cold(tmp_path):
         assert row["warm"] and row["lanczos_converged"]
         model.load_state_dict(state)
         exact = _dense_top(model, x, y)
-        assert abs(row["lambda_max"] - exact) <= 1e-6 * abs(exact)
+        assert abs(row["lambda_max"] - exact) <= 1e-5 * abs(exact)
         cold = lanczos(Objective(model, x, y, dtype=torch.float64), k=1, tol=1e-10).eigenvalues[0]
         assert abs(row["lambda_max"] - cold) <= 1e-3 * abs(cold)
 
