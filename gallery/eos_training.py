@@ -11,7 +11,8 @@
    momentum 0.9, cosine schedule, 10 epochs), lambda_max on a fixed 512-row subset every 20 steps, with the
    stability threshold (2 + 2 beta) / lr of SGD with momentum, and GA-SAM's per-layer gradient strengths.
 
-Writes ``eos_training.png`` (and ``eos_methods.png``), the rows' summaries in ``eos_training.json``, and
+Lanczos runs at ``tol=1e-4`` here (the tracker's default is 1e-3). Writes ``eos_training.png`` (and
+``eos_methods.png``, ``eos_gasam_strengths.png``), the rows' summaries in ``eos_training.json``, and
 prints them. Runs go under ``--runs`` (resumable: re-running redoes nothing finished).
 """
 from __future__ import annotations
@@ -53,7 +54,7 @@ def run(config: TrainConfig, track: TrackConfig, out: Path) -> list[dict[str, An
 def edge_of_stability(runs_dir: Path, steps: int, lrs: tuple[float, ...]) -> dict[str, dict[str, Any]]:
     results = {}
     for lr in lrs:
-        rows = run(TrainConfig(**GD, lr=lr, steps=steps), TrackConfig(every=25, subset=200),
+        rows = run(TrainConfig(**GD, lr=lr, steps=steps), TrackConfig(every=25, subset=200, tol=1e-4),
                    runs_dir / f"gd_lr{lr}_{steps}.pt")
         late = [r["lambda_max"] for r in rows if r["step"] >= steps // 2]
         s = summary(rows)
@@ -65,10 +66,27 @@ def edge_of_stability(runs_dir: Path, steps: int, lrs: tuple[float, ...]) -> dic
 def methods(runs_dir: Path, epochs: int) -> dict[str, dict[str, Any]]:
     results = {}
     for name, hp in METHODS.items():
-        rows = run(TrainConfig(**DEMO, optimizer=name, hparams=hp, epochs=epochs), TrackConfig(every=20),
+        rows = run(TrainConfig(**DEMO, optimizer=name, hparams=hp, epochs=epochs), TrackConfig(every=20, tol=1e-4),
                    runs_dir / f"demo_{name}_{epochs}.pt")
         results[name] = summary(rows)
     return results
+
+
+def plot_strengths(rows: list[dict[str, Any]], stem: Path) -> list[Path]:
+    """GA-SAM's gradient strength ``||g_(i)|| / sqrt(n_(i))`` of each layer over the steps (one run)."""
+    from landscape.landscapes.plots import _figure, _save
+
+    fig = _figure(7.0, 3.2)
+    ax = fig.subplots()
+    for layer in rows[-1]["layers"]:
+        ax.plot([r["step"] for r in rows], [r["layers"][layer] for r in rows], "-o", ms=2.5, label=f"layer {layer}")
+    ax.plot([r["step"] for r in rows], [r["grad_strength"] for r in rows], "k--", lw=1, label="whole model")
+    ax.set(xlabel="step", ylabel="gradient strength ||g|| / sqrt(n)", yscale="log",
+           title="GA-SAM: gradient strength per layer (tracked subset)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, stem, ("png",))
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -85,14 +103,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     figs = plot_training(load_runs(paths, [f"GD lr {lr} (2/lr = {2 / lr:.2f})" for lr in lrs]),
                          args.out / "eos_training", ("png",))
     for label, s in out["edge_of_stability"].items():
-        print(f"{label}: 2/lr {s['edge']:.3f}; lambda_max {s['lambda_max_first']:.3f} at step 0, over the second half "
+        print(f"{label}: 2/lr {s['edge']:.3f}; lambda_max {s['lambda_max_first']:.3f} at step 0, over the 2nd half "
               f"mean {s['late_mean']:.3f} (min {s['late_min']:.3f}, max {s['late_max']:.3f}) = "
               f"{s['late_mean'] / s['edge']:.3f} x 2/lr; {s['hvps']} HVPs in {s['rows']} measurements")
     if args.methods:
         epochs = 2 if args.quick else 10
         out["methods"] = methods(args.runs, epochs)
         paths = [args.runs / f"demo_{name}_{epochs}.pt" for name in METHODS]
-        figs += plot_training(load_runs(paths, list(METHODS)), args.out / "eos_methods", ("png",))
+        runs = load_runs(paths, list(METHODS))
+        figs += plot_training(runs, args.out / "eos_methods", ("png",))
+        figs += plot_strengths(runs[-1][1], args.out / "eos_gasam_strengths")
         for name, s in out["methods"].items():
             print(f"{name}: lambda_max {s['lambda_max_first']:.3f} -> {s['lambda_max_last']:.3f} (max "
                   f"{s['lambda_max_max']:.3f}); max lambda_max / threshold {s['edge_ratio_max']:.3f}")

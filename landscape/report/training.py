@@ -87,18 +87,29 @@ def _panels(runs: Sequence[Run]) -> list[tuple[str, str]]:
     return [(k, t) for k, t in PANELS if any(r.get(k) is not None for _, rows in runs for r in rows)]
 
 
-def _lambda_range(runs: Sequence[Run]) -> tuple[float, float] | None:
-    """y-range of the lambda panel: the eigenvalues, and the thresholds up to 1.5 x the largest of them
-    (a decaying lr sends ``2 / lr`` to infinity)."""
+def _lambda_range(runs: Sequence[Run]) -> tuple[float, float, float | None] | None:
+    """``(low, high, off)`` of the lambda panel: the eigenvalues, and the thresholds up to 1.5 x the largest
+    of them (a decaying lr sends ``2 / lr`` to infinity); ``off``: the lowest threshold when every one is
+    more than 3 x above the eigenvalues (then they are left out and named in the title)."""
     lam = np.concatenate([_series(rows, "lambda_max")[1] for _, rows in runs])
     if not len(lam):
         return None
     top = float(lam.max())
-    edges = np.concatenate([_series(rows, "threshold")[1] for _, rows in runs])
+    edges = np.concatenate([_series(rows, k)[1] for _, rows in runs for k in ("threshold", "threshold_gd")])
+    off = None
     if len(edges) and edges.min() < 3 * top:
         top = max(top, min(float(edges.max()), 1.5 * top))
+    elif len(edges):
+        off = float(edges.min())
     low = min(0.0, float(lam.min()))
-    return low, 1.1 * top
+    return low, 1.1 * top, off
+
+
+def _lambda_title(rng: tuple[float, float, float | None] | None) -> str:
+    title = PANELS[0][1]
+    if rng is not None and rng[2] is not None:
+        title += f" (stability thresholds >= {rng[2]:.4g}, off the scale)"
+    return title
 
 
 def training_figure(runs: Sequence[Run], title: str = "curvature during training") -> Any:
@@ -108,8 +119,10 @@ def training_figure(runs: Sequence[Run], title: str = "curvature during training
     from plotly.subplots import make_subplots
 
     panels = _panels(runs)
+    rng = _lambda_range(runs)
+    show_edges = rng is not None and rng[2] is None
     fig = make_subplots(rows=len(panels), cols=1, shared_xaxes=True, vertical_spacing=0.06,
-                        subplot_titles=[t for _, t in panels])
+                        subplot_titles=[_lambda_title(rng) if k == "lambda_max" else t for k, t in panels])
     colours = qualitative.Plotly
     for i, (label, rows) in enumerate(runs):
         colour = colours[i % len(colours)]
@@ -117,7 +130,7 @@ def training_figure(runs: Sequence[Run], title: str = "curvature during training
             x, y = _series(rows, key)
             fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=label, legendgroup=label,
                                      showlegend=j == 1, line={"color": colour}, marker={"size": 4}), row=j, col=1)
-            if key != "lambda_max":
+            if key != "lambda_max" or not show_edges:
                 continue
             xt, yt = _series(rows, "threshold")
             fig.add_trace(go.Scatter(x=xt, y=yt, mode="lines", name=f"{label}: stability threshold",
@@ -126,9 +139,8 @@ def training_figure(runs: Sequence[Run], title: str = "curvature during training
             if len(yt) != len(yg) or not np.allclose(yt, yg, rtol=1e-9):
                 fig.add_trace(go.Scatter(x=xg, y=yg, mode="lines", name=f"{label}: 2 / lr", legendgroup=label,
                                          line={"color": colour, "dash": "dot"}), row=j, col=1)
-    rng = _lambda_range(runs)
     if rng is not None and panels and panels[0][0] == "lambda_max":
-        fig.update_yaxes(range=list(rng), row=1, col=1)
+        fig.update_yaxes(range=list(rng[:2]), row=1, col=1)
     for j, (key, _) in enumerate(panels, start=1):
         if _log_scale(runs, key):
             fig.update_yaxes(type="log", row=j, col=1)
@@ -170,6 +182,8 @@ def plot_training(runs: Sequence[Run], stem: str | Path, formats: Sequence[str] 
     from landscape.landscapes.plots import _figure, _save
 
     panels = _panels(runs)
+    rng = _lambda_range(runs)
+    show_edges = rng is not None and rng[2] is None
     fig = _figure(8.0, 2.6 * len(panels))
     axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
     for i, (label, rows) in enumerate(runs):
@@ -177,16 +191,15 @@ def plot_training(runs: Sequence[Run], stem: str | Path, formats: Sequence[str] 
         for ax, (key, title) in zip(axes, panels):
             x, y = _series(rows, key)
             ax.plot(x, y, "-o", ms=2.5, color=colour, label=label)
-            ax.set_title(title, fontsize=10)
-            if key == "lambda_max":
+            ax.set_title(_lambda_title(rng) if key == "lambda_max" else title, fontsize=10)
+            if key == "lambda_max" and show_edges:
                 xt, yt = _series(rows, "threshold")
                 ax.plot(xt, yt, "--", color=colour, lw=1, label=f"{label}: stability threshold")
                 xg, yg = _series(rows, "threshold_gd")
                 if len(yt) != len(yg) or not np.allclose(yt, yg, rtol=1e-9):
                     ax.plot(xg, yg, ":", color=colour, lw=1, label=f"{label}: 2 / lr")
-    rng = _lambda_range(runs)
     if rng is not None and panels[0][0] == "lambda_max":
-        axes[0].set_ylim(*rng)
+        axes[0].set_ylim(*rng[:2])
     axes[0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     axes[-1].set_xlabel("step")
     for ax, (key, _) in zip(axes, panels):
