@@ -11,7 +11,9 @@ weights and appends one JSON row to ``STEM.curvature.jsonl`` beside the checkpoi
 * ``loss``/``acc`` on the subset, the gradient norm and GA-SAM's gradient strength ``||g|| / sqrt(n)``,
   per module in ``layers`` (:func:`landscape.curvature.gradients.gradient_norms`; ``grad_batch=B``:
   ``E_b ||g_b||`` over mini-batches of ``B`` rows);
-* optionally the Hutch++ trace (``trace_samples`` products, :func:`landscape.curvature.trace.hutchpp`);
+* optionally the Hutch++ trace (``trace_samples`` products, :func:`landscape.curvature.trace.hutchpp`)
+  and the worst-case sharpness ``max_{||e|| <= rho} L(w + e) - L(w)`` at ``sharpness_rho``
+  (``sharpness_steps`` projected-ascent gradients, :func:`landscape.sharpness.worst_case_sharpness`);
 * ``lr`` and the stability threshold of the base optimizer at that lr (below), the products spent
   (``hvps``; ``lanczos_hvps`` of them for the eigenvalues; data ``passes``), the wall time (``seconds``)
   and the ``interval`` in force.
@@ -68,6 +70,8 @@ class TrackConfig:
     warm_mix: float = 0.1  # weight of the fresh random vector mixed into a warm start
     max_hvps: int = 200  # cap on Hessian-vector products per eigenvalue measurement
     trace_samples: int = 0  # Hutch++ products for the trace (0: no trace)
+    sharpness_rho: float | None = None  # worst-case sharpness at this L2 radius (None: not measured)
+    sharpness_steps: int = 5  # its projected-ascent steps (one gradient each)
     grad_batch: int | None = None  # None: full-subset gradient; B: E ||g_b|| over B-row batches (GA-SAM)
     layers: bool = True  # per-module gradient strengths
     batch_size: int = 512  # micro-batch of the measurement (memory only)
@@ -82,6 +86,9 @@ class TrackConfig:
             raise ValueError("track subset, top_k, batch_size must be >= 1 and max_hvps >= 2")
         if self.trace_samples < 0 or (0 < self.trace_samples < 5):
             raise ValueError(f"track trace_samples must be 0 (off) or >= 5, got {self.trace_samples}")
+        if self.sharpness_rho is not None and not (self.sharpness_rho > 0 and self.sharpness_steps >= 1):
+            raise ValueError(f"track sharpness_rho must be > 0 and sharpness_steps >= 1, got {self.sharpness_rho}, "
+                             f"{self.sharpness_steps}")
         if self.grad_batch is not None and self.grad_batch < 1:
             raise ValueError(f"track grad_batch must be >= 1, got {self.grad_batch}")
         if not 0 <= self.warm_mix:
@@ -162,6 +169,11 @@ def measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, task: str, co
         if config.trace_samples:
             tr = hutchpp(obj.hessian, max_samples=config.trace_samples, sketch="lanczos", seed=seed + 1)
             row.update(trace=tr.trace, trace_stderr=tr.stderr)
+        if config.sharpness_rho is not None:
+            from landscape.sharpness import worst_case_sharpness
+
+            sh = worst_case_sharpness(obj, config.sharpness_rho, steps=config.sharpness_steps, seed=seed + 2)
+            row.update(sharpness=sh.sharpness, sharpness_rho=config.sharpness_rho)
     row.setdefault("lambda_max", None)
     obj.release_graphs()
     row.update(hvps=obj.counts["hessian"], passes=obj.counts["passes"], seconds=time.perf_counter() - t0)

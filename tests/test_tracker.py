@@ -36,7 +36,7 @@ def strip(rows: list[dict]) -> list[dict]:
 
 def test_tracked_run_is_bit_identical_to_untracked(tmp_path):
     plain = Trainer(config(), tmp_path / "plain.pt", progress=False).run()
-    track = TrackConfig(every=5, top_k=2, trace_samples=12, grad_batch=8)
+    track = TrackConfig(every=5, top_k=2, trace_samples=12, grad_batch=8, sharpness_rho=0.05, sharpness_steps=2)
     tracked = Trainer(config(), tmp_path / "tracked.pt", progress=False, track=track).run()
     a, b = plain.state_dict, tracked.state_dict  # weights and BatchNorm running statistics
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -45,7 +45,9 @@ def test_tracked_run_is_bit_identical_to_untracked(tmp_path):
            {k: v for k, v in tracked.metrics.items() if k not in drop}
     rows = read_rows(run_paths(tmp_path / "tracked.pt")["curvature"])
     assert [r["step"] for r in rows] == [0, 5, 10, 15, 20, 24]  # every 5, and the last step
-    assert not any(r is None for r in (rows[-1]["lambda_max"], rows[-1]["trace"], rows[-1]["grad_norm"]))
+    last = rows[-1]
+    assert not any(last[k] is None for k in ("lambda_max", "trace", "grad_norm", "sharpness"))
+    assert last["sharpness"] > 0 and last["sharpness_rho"] == 0.05
     assert len(rows[-1]["eigenvalues"]) == 2 and set(rows[-1]["layers"]) == {"net.1", "net.2", "net.5"}
     assert [r["warm"] for r in rows] == [False] + [True] * 5
     s = tracked.metrics["curvature_tracking"]
@@ -197,8 +199,7 @@ def test_plot_training_cli_and_report_section(tmp_path, capsys):
     assert "gd: 3 rows to step 6" in printed and "heavy: 3 rows to step 6" in printed
     assert (tmp_path / "both.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = (tmp_path / "both.html").read_text()
-    assert "heavy: stability threshold" in page and "Plotly" in page
-    assert "heavy: 2 \\u002f lr" in page and "gd: 2 \\u002f lr" not in page  # dotted 2/lr only where it differs
+    assert "Plotly" in page and "off the scale" in page  # lambda_max ~ 1, thresholds 20 and 38
     runs = load_runs([tmp_path / "gd.pt", tmp_path / "heavy.pt"])
     gd, heavy = (summary(rows) for _, rows in runs)
     assert runs[0][1][0]["threshold"] == pytest.approx(20.0) and runs[1][1][0]["threshold"] == pytest.approx(38.0)
@@ -211,3 +212,18 @@ def test_plot_training_cli_and_report_section(tmp_path, capsys):
     assert 'id="training"' not in html_report([report], tmp_path / "s.html").read_text()
     assert main(["plot-training", str(tmp_path / "nothing.pt")]) == 2
     assert "no curvature rows" in capsys.readouterr().err
+
+
+def test_training_figure_draws_thresholds_in_range_and_2_over_lr_where_it_differs():
+    from landscape.report.training import training_figure
+
+    rows = [{"step": s, "lambda_max": 1.0 + 0.1 * s, "threshold": 2.0, "threshold_gd": 1.2, "grad_norm": 1.0,
+             "loss": 0.5} for s in range(3)]
+    plain = [{**r, "threshold_gd": 2.0} for r in rows]
+    names = [t.name for t in training_figure([("heavy", rows), ("gd", plain)]).data]
+    assert "heavy: stability threshold" in names and "heavy: 2 / lr" in names
+    assert "gd: stability threshold" in names and "gd: 2 / lr" not in names
+    far = [{**r, "threshold": 50.0, "threshold_gd": 50.0} for r in rows]
+    fig = training_figure([("far", far)])
+    assert [t.name for t in fig.data] == ["far"] * 3  # lambda_max, gradient norm, loss; no threshold line
+    assert "off the scale" in fig.layout.annotations[0].text

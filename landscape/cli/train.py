@@ -62,7 +62,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "data, log lambda_max (warm-started Lanczos), gradient norms and strengths, optionally the "
                         "trace, to OUT_STEM.curvature.jsonl (`landscape plot-training` draws it). Options: every=50, "
                         "budget=0.1 (most share of the wall time; widens the interval), subset=512, top_k=1, "
-                        "trace_samples=0, grad_batch=null, tol=1e-4, warm=true, seed=0, dtype=float64 "
+                        "trace_samples=0, sharpness_rho=null, grad_batch=null, tol=1e-3, warm=true, seed=0, "
+                        "dtype=float64 "
                         "(see optimizers.tracker.TrackConfig); training is unchanged by it")
     p.add_argument("--restart", action="store_true", help="ignore a resume state and an existing --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -2,9 +2,9 @@
 
 Panels over optimizer steps, one colour per run: ``lambda_max`` with the base optimizer's stability
 threshold (dashed; ``2 / lr``, ``(2 + 2 beta) / lr`` with momentum, see :mod:`optimizers.tracker`) and,
-where it differs, the plain ``2 / lr`` (dotted); the Hessian trace (when tracked); the gradient norm; the
-loss on the tracked subset. :func:`training_figure` is the interactive plotly version (also a section of
-the HTML report), :func:`plot_training` the static matplotlib one.
+where it differs, the plain ``2 / lr`` (dotted); the Hessian trace and the worst-case sharpness (when
+tracked); the gradient norm; the loss on the tracked subset. :func:`training_figure` is the interactive
+plotly version (also a section of the HTML report), :func:`plot_training` the static matplotlib one.
 """
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from typing import Any, Sequence
 import numpy as np
 
 Run = tuple[str, list[dict[str, Any]]]
-PANELS = (("lambda_max", "top Hessian eigenvalue"), ("trace", "Hessian trace"), ("grad_norm", "gradient norm"),
-          ("loss", "loss (tracked subset)"))
+PANELS = (("lambda_max", "top Hessian eigenvalue"), ("trace", "Hessian trace"),
+          ("sharpness", "worst-case sharpness"), ("grad_norm", "gradient norm"), ("loss", "loss (tracked subset)"))
 
 
 def rows_path(path: str | Path) -> Path:
