@@ -227,3 +227,18 @@ def test_training_figure_draws_thresholds_in_range_and_2_over_lr_where_it_differ
     fig = training_figure([("far", far)])
     assert [t.name for t in fig.data] == ["far"] * 3  # lambda_max, gradient norm, loss; no threshold line
     assert "off the scale" in fig.layout.annotations[0].text
+
+
+def test_compare_report_has_the_training_section_when_rows_exist(tmp_path, capsys):
+    c = config(optimizer="sgd", hparams={}, epochs=1, model_kwargs={"hidden": [8]})
+    Trainer(c, tmp_path / "tracked.pt", progress=False, track=TrackConfig(every=3)).run()
+    Trainer(c, tmp_path / "plain.pt", progress=False).run()
+    base = ["compare", str(tmp_path / "tracked.pt"), str(tmp_path / "plain.pt"), "--no-measures", "--xpoints", "3",
+            "--curve-points", "0", "--no-interp", "--quiet", "--data", DATA]
+    assert main(base + ["--out", str(tmp_path / "cmp")]) == 0
+    page = (tmp_path / "cmp.html").read_text()
+    assert 'id="training"' in page and "<td>tracked</td>" in page and "<td>plain</td>" not in page.split(
+        'id="training"')[1].split("</section>")[0]
+    run_paths(tmp_path / "tracked.pt")["curvature"].unlink()
+    assert main(base + ["--out", str(tmp_path / "cmp2")]) == 0
+    assert 'id="training"' not in (tmp_path / "cmp2.html").read_text()
