@@ -131,7 +131,8 @@ def test_budget_widens_the_interval(tmp_path):
     tracker._schedule(550)
     assert (tracker.interval, tracker.next_step) == (5, 555)
     # A real run: measurements cost far more than the tiny model's steps, so a 1% budget widens the interval.
-    ckpt = Trainer(config(), tmp_path / "r.pt", progress=False, track=TrackConfig(every=2, budget=0.01)).run()
+    ckpt = Trainer(config(optimizer="sgd", hparams={}), tmp_path / "r.pt", progress=False,
+                   track=TrackConfig(every=2, budget=0.01)).run()
     rows = read_rows(run_paths(tmp_path / "r.pt")["curvature"])
     assert rows[1]["step"] == 2 and rows[-1]["step"] == 24 and rows[-1]["interval"] > 2
     assert len(rows) < 24 // 2 and ckpt.metrics["curvature_tracking"]["interval"] > 2
@@ -176,10 +177,12 @@ def test_diverging_run_logs_null_curvature(tmp_path):
     from optimizers.trainer import TrainingDiverged
 
     with pytest.raises(TrainingDiverged):
-        Trainer(config(optimizer="sgd", hparams={}, lr=1e4, momentum=0.0, model_kwargs={"hidden": [8]}),
+        Trainer(config(optimizer="sgd", hparams={}, lr=1e8, momentum=0.0, model_kwargs={"hidden": [8]}),
                 tmp_path / "r.pt", progress=False, track=TrackConfig(every=3, max_hvps=20)).run()
     rows = [json.loads(line) for line in run_paths(tmp_path / "r.pt")["curvature"].read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 3]  # the loss is NaN at step 4
     assert rows[0]["lambda_max"] is not None and math.isfinite(rows[0]["lambda_max"])
+    assert rows[1]["lambda_max"] is None and rows[1]["loss"] is None and rows[1]["hvps"] == 0
     assert all(v is None or not isinstance(v, float) or np.isfinite(v) for r in rows for v in r.values())
 
 
