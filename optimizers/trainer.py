@@ -5,6 +5,7 @@ Files written next to ``out`` (``runs/sgd.pt``), each atomically:
 * ``runs/sgd.pt``               the final checkpoint (:mod:`landscape.checkpoint`)
 * ``runs/sgd.metrics.jsonl``    one row per epoch: train/test loss+acc, gaps, lr, step time
 * ``runs/sgd.steps.jsonl``      one row per step (``log_steps``)
+* ``runs/sgd.curvature.jsonl``  one row per curvature measurement (``track``, :mod:`optimizers.tracker`)
 * ``runs/sgd.trajectory/``      checkpoints every ``checkpoint_every`` epochs (epoch 0 = init)
 * ``runs/sgd.resume.pt``        the state to resume from after a kill (removed when done)
 
@@ -38,6 +39,7 @@ from optimizers.base import ClosureOptimizer
 from optimizers.closure import StepClosure
 from optimizers.config import TrainConfig
 from optimizers.schedules import lr_factor
+from optimizers.tracker import CurvatureTracker, TrackConfig
 
 RESUME_VERSION = 1
 
@@ -50,7 +52,8 @@ def run_paths(out: str | Path) -> dict[str, Path]:
     out = Path(out)
     stem = out.with_suffix("")
     return {"out": out, "metrics": Path(f"{stem}.metrics.jsonl"), "steps": Path(f"{stem}.steps.jsonl"),
-            "trajectory": Path(f"{stem}.trajectory"), "resume": Path(f"{stem}.resume.pt")}
+            "trajectory": Path(f"{stem}.trajectory"), "resume": Path(f"{stem}.resume.pt"),
+            "curvature": Path(f"{stem}.curvature.jsonl")}
 
 
 def resolve_model_kwargs(config: TrainConfig, data: DataBundle) -> dict[str, Any]:
@@ -61,14 +64,21 @@ def resolve_model_kwargs(config: TrainConfig, data: DataBundle) -> dict[str, Any
 
 
 class Trainer:
-    """``Trainer(config, out).run()`` trains, evaluates every epoch and writes the checkpoint."""
+    """``Trainer(config, out).run()`` trains, evaluates every epoch and writes the checkpoint.
+
+    ``track``: measure the curvature during training (:class:`optimizers.tracker.TrackConfig`); the
+    training itself is unchanged by it (bit-identical on CPU).
+    """
 
     def __init__(self, config: TrainConfig, out: str | Path, *, progress: bool = True,
-                 on_epoch: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 on_epoch: Callable[[dict[str, Any]], None] | None = None,
+                 track: TrackConfig | None = None) -> None:
         self.config = config
         self.paths = run_paths(out)
         self.progress = progress
         self.on_epoch = on_epoch
+        self.track = track
+        self.tracker: CurvatureTracker | None = None
 
     # -- set-up -------------------------------------------------------------------------
     def _setup(self) -> None:
@@ -127,6 +137,13 @@ class Trainer:
             self.optimizer.configure_training(total_steps=self.total_steps, seed=c.seed)
         self.factor = lr_factor(c.schedule, self.total_steps, warmup=c.warmup_steps, min_factor=c.min_lr_factor,
                                 milestones=c.milestones, gamma=c.gamma)
+        if self.track is not None:
+            base = c.base or ("adamw" if c.optimizer == "adamw" else "sgd")
+            self.tracker = CurvatureTracker(
+                self.track, self.model, self.data.x_train, self.data.y_train, task=self.data.task,
+                path=self.paths["curvature"], label_smoothing=c.label_smoothing,
+                optimizer={"base": base, "momentum": c.momentum, "nesterov": c.nesterov,
+                           "weight_decay": c.weight_decay})
 
     def _hold_out(self) -> BatchLoader | None:
         """If the optimizer declares ``validation_fraction`` (LETS), hold that fraction of the training set
@@ -159,6 +176,8 @@ class Trainer:
             state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
         if self.optimizer.scaler is not None:
             state["scaler"] = self.optimizer.scaler.state_dict()
+        if self.tracker is not None:
+            state["tracker"] = self.tracker.state_dict()
         return state
 
     def _save_resume(self, *args: Any) -> None:
@@ -224,6 +243,10 @@ class Trainer:
         row["gen_gap"] = row["loss_gap"] if tr["acc"] is None else tr["acc"] - te["acc"]
         return row
 
+    def _next_lr(self, step: int) -> float:
+        """The learning rate of the update after ``step`` (of the last update once training is over)."""
+        return self.optimizer.param_groups[0]["base_lr"] * self.factor(min(step, self.total_steps - 1))
+
     def _set_lr(self, step: int) -> float:
         f = self.factor(step)
         for group in self.optimizer.param_groups:
@@ -247,6 +270,11 @@ class Trainer:
             history, partial = state["history"], state["partial"]
             if c.log_steps and D.is_main():
                 self._truncate_step_log(step)
+        tracker = self.tracker
+        if tracker is not None:
+            tracker.begin(step, None if state is None else state.get("tracker"))
+            if tracker.due(step):
+                tracker.measure(step, epoch, self._next_lr(step))
         step_log = None
         if c.log_steps and D.is_main():
             paths["steps"].parent.mkdir(parents=True, exist_ok=True)
@@ -282,6 +310,8 @@ class Trainer:
                                                        **self.optimizer.metrics()}))
                         bar.update(task, completed=step, description=f"epoch {epoch + 1}/{self.epochs} "
                                                                      f"loss {loss:.4f}")
+                        if tracker is not None and tracker.due(step, last=step >= self.total_steps):
+                            tracker.measure(step, epoch, self._next_lr(step))
                         if step >= self.total_steps:
                             break
                         if c.save_every_steps and step % c.save_every_steps == 0:
@@ -314,6 +344,10 @@ class Trainer:
                 step_log.close()
         final = {**history[-1], "epochs_run": epoch, "steps": step, "diverged": False,
                  "skipped_steps": self.optimizer.skipped_steps}
+        if tracker is not None:
+            if tracker.due(step, last=True):  # a run stopped early by a stop rule
+                tracker.measure(step, epoch, self._next_lr(step))
+            final["curvature_tracking"] = tracker.summary()
         ckpt = self.checkpoint(final, epoch, step)
         if D.is_main():
             ckpt.save(paths["out"])

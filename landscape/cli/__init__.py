@@ -11,7 +11,7 @@ import importlib
 import sys
 from typing import NoReturn, Sequence
 
-COMMANDS = ["demo", "train", "info", "analyze", "plot1d", "plot2d", "compare", "shift", "study"]
+COMMANDS = ["demo", "train", "info", "analyze", "plot1d", "plot2d", "plot_training", "compare", "shift", "study"]
 
 
 class UserError(Exception):

@@ -121,8 +121,12 @@ def report_html(args: argparse.Namespace, ckpt: Any, model: Any, data: Any, repo
         surfaces["2d"] = A.random_surface(objs, head, f"{stem}.2d", [x, x], **common)
     if not D.is_main():
         return []
-    html = html_report([report], args.html, labels=[ckpt.optimizer.get("name") or Path(ckpt.path).stem],
+    from landscape.report.training import has_rows, load_runs
+
+    label = ckpt.optimizer.get("name") or Path(ckpt.path).stem
+    training = load_runs([ckpt.path], [label]) if ckpt.path and has_rows(ckpt.path) else []  # trained with --track
+    html = html_report([report], args.html, labels=[label],
                        curves=[surfaces["1d"]] if "1d" in surfaces else [],
                        surfaces=[surfaces["2d"]] if "2d" in surfaces else [], log=args.landscape_log,
-                       title=f"analysis of {ckpt.path}")
+                       title=f"analysis of {ckpt.path}", training=training)
     return [f"{stem}.{k}.npz" for k in surfaces] + [str(html)]

@@ -265,9 +265,13 @@ def compare(args: argparse.Namespace) -> dict[str, Any] | None:
         headers = [{"checkpoint": {"path": str(o.ckpt.path)}, "model": {"name": o.ckpt.model_name,
                     "kwargs": o.ckpt.model_kwargs}, "data": {"name": o.ckpt.data_name}, "optimizer": o.ckpt.optimizer}
                    for o in opened]
+        from landscape.report.training import has_rows, load_runs
+
+        tracked = [o for o in opened if o.ckpt.path and has_rows(o.ckpt.path)]  # runs trained with --track
+        training = load_runs([o.ckpt.path for o in tracked], [o.label for o in tracked]) if tracked else []
         files.append(str(html_report(reports or headers, f"{stem}.html", labels=[o.label for o in opened],
                                      curves=drawn.curves, surfaces=drawn.surfaces,
-                                     interpolations=drawn.interpolations, log=args.log)))
+                                     interpolations=drawn.interpolations, training=training, log=args.log)))
         summary["html"] = files[-1]
     notes = [n for o, s in zip(opened, drawn.surfaces) for n in A.nonfinite_notes(s, f"{o.label}: ")]
     notes += [n for name, s in drawn.interpolations for n in A.nonfinite_notes(s, f"{name}: ")]

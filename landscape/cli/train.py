@@ -59,6 +59,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="torch.compile the model [default: off]")
     p.add_argument("--log-steps", action=argparse.BooleanOptionalAction, default=None,
                    help="write a JSON line per step [default: off]")
+    p.add_argument("--track", nargs="*", metavar="KEY=VALUE", default=None,
+                   help="track the curvature during training: every N steps, on a fixed subset of the training "
+                        "data, log lambda_max (warm-started Lanczos), gradient norms and strengths, optionally the "
+                        "trace, to OUT_STEM.curvature.jsonl (`landscape plot-training` draws it). Options: every=50, "
+                        "budget=0.1 (most share of the wall time; widens the interval), subset=512, top_k=1, "
+                        "trace_samples=0, sharpness_rho=null, grad_batch=null, tol=1e-3, warm=true, seed=0, "
+                        "dtype=float64 "
+                        "(see optimizers.tracker.TrackConfig); training is unchanged by it")
     p.add_argument("--restart", action="store_true", help="ignore a resume state and an existing --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     from optimizers.config import TrainConfig
@@ -177,6 +185,15 @@ def config_from_args(args: argparse.Namespace) -> "TrainConfig":  # noqa: F821
     return TrainConfig.from_dict(values, label=label)  # unknown hyper-parameters fail before training
 
 
+def track_from_args(args: argparse.Namespace) -> "TrackConfig | None":  # noqa: F821
+    """The ``--track KEY=VALUE ...`` options (``--track`` alone: the defaults), or None."""
+    if args.track is None:
+        return None
+    from optimizers.tracker import TrackConfig
+
+    return TrackConfig.from_dict(parse_assignments(args.track, "--track"))
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
     if sys.version_info >= (3, 11):
         import tomllib
@@ -199,6 +216,7 @@ def run(args: argparse.Namespace) -> int:
     from optimizers.trainer import Trainer, run_paths
 
     config = config_from_args(args)
+    track = track_from_args(args)
     paths = run_paths(args.out)
     if args.restart:
         for key in ("resume", "out"):
@@ -213,9 +231,13 @@ def run(args: argparse.Namespace) -> int:
         where = _resume_point(paths["resume"], config.to_dict())
         if where:
             print(f"resuming from {where} ({paths['resume']})", flush=True)
-    ckpt = Trainer(config, args.out, progress=not args.quiet).run()
+    ckpt = Trainer(config, args.out, progress=not args.quiet, track=track).run()
     if D.is_main():
         print(f"wrote {paths['out']}: {_summary(ckpt.metrics)}")
+        if "curvature_tracking" in ckpt.metrics:
+            from optimizers.tracker import describe
+
+            print(f"{describe(ckpt.metrics['curvature_tracking'])}; rows in {paths['curvature']}")
     return 0
 
 
@@ -246,4 +268,4 @@ def _summary(m: dict[str, Any]) -> str:
             f"acc {f('test_acc')} | gap {f('gen_gap')}")
 
 
-__all__ = ["add_parser", "config_from_args", "run"]
+__all__ = ["add_parser", "config_from_args", "run", "track_from_args"]

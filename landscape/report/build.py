@@ -118,12 +118,14 @@ def html_report(
     curves: Sequence[Surface] = (),
     surfaces: Sequence[Surface] = (),
     interpolations: Sequence[tuple[str, Surface]] = (),
+    training: Sequence[tuple[str, list[dict[str, Any]]]] = (),
     title: str | None = None,
     log: bool = False,
 ) -> Path:
     """Write the report page (see the module docstring) of the analysis ``reports`` (one per checkpoint)
     to ``path``. ``curves``/``surfaces``: a 1-D / 2-D surface per checkpoint (same order; all or none),
-    ``interpolations``: ``(name, 1-D interpolation surface)``; ``log``: log-scale landscape plots."""
+    ``interpolations``: ``(name, 1-D interpolation surface)``; ``training``: ``(label, curvature rows)`` of
+    runs trained with ``--track`` (:mod:`landscape.report.training`); ``log``: log-scale landscape plots."""
     from landscape.landscapes import interactive as I
     from landscape.report import figures as F
     from landscape.study.compare import comparison, headline
@@ -200,6 +202,10 @@ def html_report(
                  page.figure(I.interpolation_figure(interpolations, log=log)),
                  table(["path", "split", "||w_b - w_a||", "L(0)", "L(1)", "barrier max L(t) - max(L(0), L(1))",
                         "at t", "above the straight line"], brows, numeric=[False, False] + [True] * 6))
+    if training:
+        from landscape.report.training import training_parts
+
+        page.add("training", "Curvature during training", *training_parts(page, training))
     page.add("settings", "Runtime",
              table(["", "device", "world size", "versions"],
                    [(label, r.get("runtime", {}).get("device", ""), r.get("runtime", {}).get("world_size", ""),
