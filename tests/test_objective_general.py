@@ -204,3 +204,17 @@ def test_streaming_ten_times_the_graph_budget_keeps_memory_bounded():
     xs, ys = zip(*Generated(40, 32, 64))
     ref = Objective(net, torch.cat(xs), torch.cat(ys), batch_size=32, cache_graph=False)
     torch.testing.assert_close(first, ref.hvp(V), rtol=1e-12, atol=1e-14)
+
+
+def test_cached_block_products_batched_or_looped_agree(data):
+    """The kept graph's second backward, one vector at a time or vmap-ed over the block: the same H V."""
+    x, y = data
+    net = bn_net(seed=6)
+    H = dense_hessian(net, x, y)
+    V = torch.randn(4, H.shape[0], dtype=torch.float64)
+    for mode in ("loop", "batched", None):
+        obj = Objective(net, x, y, batch_size=16)
+        if mode is not None:
+            obj._mode_chosen["cached"] = mode
+        torch.testing.assert_close(obj.hvp(V), V @ H, rtol=1e-12, atol=1e-13)
+        assert obj._mode_chosen["cached"] in ("loop", "batched")

@@ -37,6 +37,14 @@ def grad_of(out: torch.Tensor, inp: torch.Tensor, cotangent: torch.Tensor, retai
     return g
 
 
+def batched_grad(out: torch.Tensor, inp: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+    """The vector-Jacobian products ``V_k^T d out / d inp`` of a block, in one ``vmap``-ed backward
+    (``is_grads_batched``); the graph is kept."""
+    (g,) = torch.autograd.grad(out, inp, V, retain_graph=True, is_grads_batched=True, allow_unused=True,
+                               materialize_grads=True)
+    return g
+
+
 def gradient_graph(obj: Any, batch: Any, index: int = 0, w: torch.Tensor | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor, Any]:
     """``(leaf, grad total(leaf), count)`` at ``w`` (default ``w0``) with the gradient's graph kept."""
@@ -127,4 +135,5 @@ def fisher(obj: Any, w: torch.Tensor, batch: Any, V: torch.Tensor) -> tuple[torc
             len(losses)
 
 
-__all__ = ["fisher", "ggn", "grad_of", "second_order", "gradient_graph", "graph_bytes", "hvp_forward", "hvp_reverse"]
+__all__ = ["batched_grad", "fisher", "ggn", "grad_of", "gradient_graph", "graph_bytes", "hvp_forward", "hvp_reverse",
+           "second_order"]
