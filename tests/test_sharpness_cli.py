@@ -116,7 +116,7 @@ def test_defaults_are_cheap_and_lanczos_is_computed_when_the_eigen_section_is_of
     assert not {"gnr", "local_extrema", "corruption", "pac_bayes"} & set(rep)
     o = default_options()
     assert o.sharpness_rho == [0.05] and o.adaptive_rho == [0.5] and o.gap_rho == [0.05] and o.gnr_rho == []
-    assert rep["sharpness"]["rows"][0]["worst_case"]["work"]["grads"] == 10
+    assert rep["sharpness"]["rows"][0]["worst_case"]["work"]["grads"] == 20
     assert rep["adaptive_sharpness"]["geometry"]["normalization"] == "element"
     lz = rep["surrogate_gap"]["lanczos"]
     _, model, data = open_checkpoint(ckpt, model=MODEL, data=DATA)
