@@ -29,7 +29,8 @@ from landscape.sharpness.common import Cost, default_step_size, projected_ascent
 class GNRResult:
     """``R``: ``rho * max ||grad L(w + e)||``; ``estimate``: ``R / rho^2``; ``max_grad_norm``: the maximum found;
     ``grad_norm``: ``||grad L(w)||``; ``perturbation_norm``: ``||T^{-1} e*||_p`` of the maximizer ``e*``
-    (``perturbation``, a flat vector; not in :meth:`to_dict`)."""
+    (``perturbation``, a flat vector; not in :meth:`to_dict`); ``trace[r][k]``: run ``r``'s best ``||grad L||``
+    over its first ``k`` steps, ``converged`` / ``relative_change`` / ``start`` as in worst-case sharpness."""
 
     rho: float
     R: float
@@ -45,6 +46,10 @@ class GNRResult:
     geometry: dict[str, Any]
     seed: int
     work: dict[str, int]
+    trace: list[list[float]] | None = None
+    converged: bool = False
+    relative_change: float | None = None
+    start: str = "gradient"
     perturbation: torch.Tensor | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -90,7 +95,8 @@ def gradient_norm_regularizer(
     return GNRResult(rho=float(rho), R=rho * r.value, estimate=r.value / rho, max_grad_norm=r.value,
                      grad_norm=r.start_value, perturbation_norm=region.norm(r.perturbation), run_values=r.run_values,
                      steps=steps, restarts=restarts, schedule=schedule, step_size=frac,
-                     geometry=geometry.to_dict(), seed=seed, work=work.to_dict(), perturbation=r.perturbation)
+                     geometry=geometry.to_dict(), seed=seed, work=work.to_dict(), trace=r.trace, converged=r.converged,
+                     relative_change=r.relative_change, start=r.start, perturbation=r.perturbation)
 
 
 __all__ = ["GNRResult", "gradient_norm_regularizer"]
