@@ -68,6 +68,9 @@ def test_sections_match_direct_calls_and_resume(ckpt, tmp_path, capsys):
     assert s["rho"] == [0.05, 0.1] and len(s["rows"]) == 2 and s["geometry"]["p"] == "inf"
     direct = worst_case_sharpness(train, 0.1, geometry=inf, steps=3, seed=3)
     assert s["rows"][1]["worst_case"]["sharpness"] == pytest.approx(direct.sharpness, rel=1e-10)
+    w = s["rows"][1]["worst_case"]  # the convergence trace and flag, and analyze's line about it
+    assert w["converged"] == direct.converged and w["trace"][0] == pytest.approx(direct.trace[0], rel=1e-10)
+    assert ("ascent" in stdout) and ("converged (best rose" in stdout or "WARNING: NOT converged" in stdout)
     assert s["rows"][1]["worst_case"]["seed"] == 3 and s["rows"][1]["worst_case"]["work"]["grads"] == 3
     avg = average_sharpness(train, 0.05, geometry=inf, samples=4, seed=3)
     assert s["rows"][0]["average_case"]["sharpness"] == pytest.approx(avg.sharpness, rel=1e-10)
