@@ -70,7 +70,8 @@ def default_step_size(steps: int, schedule: str = "apgd") -> float:
 
 
 def step_sizes(steps: int, radius: float, schedule: str = "constant", step_size: float | None = None) -> list[float]:
-    """Step lengths ``eta_k`` (in the geometry's norm) of a fixed-schedule ``steps``-step ascent in a ball of ``radius``.
+    """Step lengths ``eta_k`` (in the geometry's norm) of a fixed-schedule ``steps``-step ascent in a ball of
+    ``radius``.
 
     ``step_size``: the first step as a fraction of ``radius`` (default :func:`default_step_size`: GA-SAM's /
     Zhang et al.'s ``eta = 1.5 rho / K`` for ``constant``, twice that for ``cosine`` so that both travel

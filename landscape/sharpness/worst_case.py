@@ -25,8 +25,8 @@ import torch
 
 from landscape.geometry import Geometry, Region
 from landscape.progress import progress_bar
-from landscape.sharpness.common import (MEMORY, TOL, AscentResult, Cost, convergence, default_step_size, mean_std, per_batch,
-                                       projected_ascent)
+from landscape.sharpness.common import (MEMORY, TOL, AscentResult, Cost, convergence, default_step_size, mean_std,
+                                       per_batch, projected_ascent)
 
 
 @dataclass
