@@ -7,7 +7,8 @@ are several), measures (one checkpoint: every section's rows with its settings a
 one column per checkpoint, then each checkpoint's full table), top Hessian eigenvalues, spectral
 density, gradient norms per layer, the worst-case ascents' convergence traces, 1-D landscape (random
 direction), 2-D landscape (one checkpoint: 3-D surface and contours; several: contours with shared axes
-and one colour scale, and 3-D surfaces with one z-range), interpolations with their barrier heights, and the run settings.
+and one colour scale, and 3-D surfaces with one z-range), interpolations with their barrier heights, and
+the run settings.
 """
 from __future__ import annotations
 
