@@ -309,3 +309,21 @@ def test_convergence_by_hand():
     # 8 steps: window 2
     rel, _ = convergence([[1.0, 2, 3, 4, 5, 6, 7, 8, 9]], 1.0)
     assert rel == pytest.approx((9 - 7) / 8)
+
+
+def test_plain_auto_pgd_with_momentum_converges_too():
+    """Without the subspace model (``memory=0``) and with Croce & Hein's momentum 0.25: slower, same maxima."""
+    A = spd(spectrum(6, 1e3, 0), 0)
+    obj = quadratic(A, w0=torch.full((6,), 0.01, dtype=F64))
+    region = Region.of(Geometry(), obj)
+    exact = l2_max(A, A @ obj.w0, 0.1)
+    for momentum in (0.0, 0.25):
+        r = projected_ascent(lambda e: obj.loss_and_grad(obj.w0 + e), region, 0.1, steps=60, memory=0,
+                             momentum=momentum)
+        assert (r.value - obj.loss()) / exact >= 0.999 and r.converged
+    cube = Region.of(Geometry(p=math.inf), quadratic(A[:4, :4]))
+    r = projected_ascent(lambda e: (0.5 * float(e @ A[:4, :4] @ e), A[:4, :4] @ e), cube, 0.1, steps=60,
+                         momentum=0.25)
+    assert r.value == pytest.approx(linf_max(A[:4, :4], torch.zeros(4, dtype=F64), 0.1), rel=1e-12)
+    with pytest.raises(ValueError, match="momentum"):
+        projected_ascent(lambda e: (0.0, e), region, 0.1, steps=2, momentum=1.0)

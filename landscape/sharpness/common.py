@@ -245,7 +245,7 @@ def projected_ascent(
                         e + (1 - momentum) * (z - e) + momentum * (e - prev), radius)
                 if not region.norm(e_next - e) > STALL * radius:  # a fixed point: restart at a random point
                     e_next = region.project(region.sample(radius, start, gen), radius)
-                    eta, prev, model, seg_best = frac * radius, None, [], -math.inf
+                    eta, model, seg_best, e = frac * radius, [], -math.inf, None
             prev, e = e, e_next
         run_values.append(run_best)
         traces.append(trace)
