@@ -16,7 +16,8 @@ from torch import nn
 from landscape.analytic import FunctionObjective, quadratic
 from landscape.geometry import Geometry, Region
 from landscape.objective import Objective
-from landscape.sharpness import corruption_robustness, projected_ascent, surrogate_gap, worst_case_sharpness
+from landscape.sharpness import (corruption_robustness, gradient_norm_regularizer, projected_ascent, surrogate_gap,
+                                 worst_case_sharpness)
 from landscape.sharpness.common import convergence
 from tests.curvature_helpers import small_mlp
 
@@ -327,3 +328,17 @@ def test_plain_auto_pgd_with_momentum_converges_too():
     assert r.value == pytest.approx(linf_max(A[:4, :4], torch.zeros(4, dtype=F64), 0.1), rel=1e-12)
     with pytest.raises(ValueError, match="momentum"):
         projected_ascent(lambda e: (0.0, e), region, 0.1, steps=2, momentum=1.0)
+
+
+def test_gnr_defaults_reach_the_exact_maximum_gradient_norm():
+    """max_{||e|| <= rho} ||A e|| = rho lambda_max at a minimum of a quadratic (GNR Prop. 2.1); on cos(k pi t + pi)
+    at 0 with rho = 1, max |L'| = k pi. Both with the default 20 steps (at most 21 gradients and 20 HVPs)."""
+    for cond in (10.0, 1e3):
+        A = spd(spectrum(20, cond, 0), 0)
+        r = gradient_norm_regularizer(quadratic(A), 0.1)
+        assert 0.99 <= r.estimate / cond <= 1 + 1e-12 and r.start == "random"
+        assert r.work["grads"] <= 21 and r.work["hvps"] <= 20
+    for k in (1, 3):
+        cos = FunctionObjective(lambda t: torch.cos(k * math.pi * t[0] + math.pi), torch.zeros(1, dtype=F64))
+        r = gradient_norm_regularizer(cos, 1.0)
+        assert r.R >= 0.995 * k * math.pi and r.R <= k * math.pi * (1 + 1e-12) and r.converged

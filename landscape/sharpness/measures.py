@@ -309,25 +309,29 @@ def _gnr_args(g: argparse._ArgumentGroup) -> None:
                    help="radii of GNR's R = rho max_{B(w,rho)} ||grad L||, comma-separated [default: off]")
     g.add_argument("--gnr-steps", type=int, metavar="N", default=20,
                    help="ascent steps (a gradient and an HVP each) [default: 20]")
-    g.add_argument("--gnr-restarts", type=int, metavar="N", default=1,
-                   help="extra runs from random points of the ball [default: 1]")
-    g.add_argument("--gnr-schedule", choices=SCHEDULES, default="cosine", help="step-size schedule [default: cosine]")
+    g.add_argument("--gnr-restarts", type=int, metavar="N", default=0,
+                   help="extra runs from random points of the ball [default: 0]")
+    g.add_argument("--gnr-schedule", choices=SCHEDULES, default="apgd",
+                   help="ascent steps: apgd (adaptive, converges) or fixed constant / cosine [default: apgd]")
     g.add_argument("--gnr-step-size", type=float, metavar="X", default=None,
-                   help="first step as a fraction of rho [default: 3/steps (cosine), 1.5/steps (constant)]")
+                   help="first step as a fraction of rho [default: 2 (apgd), 3/steps (cosine), 1.5/steps (constant)]")
 
 
 def _gnr(ctx: AnalysisContext) -> dict[str, Any]:
     o = ctx.options
     obj = ctx.objective()
     rows = [gradient_norm_regularizer(obj, rho, steps=o.gnr_steps, restarts=o.gnr_restarts, schedule=o.gnr_schedule,
-                                      step_size=o.gnr_step_size, seed=o.seed, progress=ctx.progress).to_dict()
+                                      step_size=o.gnr_step_size, seed=o.seed, direction=top_eigenvector(ctx),
+                                      progress=ctx.progress).to_dict()
             for rho in parse_floats(o.gnr_rho)]
     return {"rho": parse_floats(o.gnr_rho), "rows": rows, "lanczos": lambda_max(ctx)}
 
 
 def _gnr_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
-    out = [(f"GNR rho={r['rho']:g}", f"R {_g(r['R'])}, R/rho^2 {_g(r['estimate'])} ({_cost(r['work'])})")
-           for r in s["rows"]]
+    out = []
+    for r in s["rows"]:
+        out.append((f"GNR rho={r['rho']:g}", f"R {_g(r['R'])}, R/rho^2 {_g(r['estimate'])} ({_cost(r['work'])})"))
+        out += _ascent_row(r, "--gnr-steps")
     out.append(("  Lanczos lambda_max", _g(s["lanczos"]["lambda_max"])))
     return out
 
