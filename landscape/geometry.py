@@ -352,6 +352,15 @@ class Region:
         like = self.split(self.point)
         return self.join(self.geometry.sample(like, self.scaling, radius, distribution, generator))
 
+    def diagonal(self) -> torch.Tensor:
+        """``T`` as a flat vector (1 where ``T = 1``, 0 on tensors outside the ball), so that ``e = T u``
+        maps the unit-free ball ``{||u||_p <= radius}`` onto this region."""
+        parts = []
+        for shape, f, a in zip(self.shapes, self.scaling.factors, self.scaling.active):
+            t = self.point.new_ones(shape) if a else self.point.new_zeros(shape)
+            parts.append(t if f is None or not a else t * f.to(t.dtype))
+        return self.join(parts)
+
     def dual_norm(self, grad: torch.Tensor) -> float:
         """``||T g||_q`` (``q = p / (p - 1)``) = ``g . ascent(g, 1)``: the first-order gain of a unit step."""
         return float(torch.dot(grad.reshape(-1).to(self.point.dtype), self.ascent(grad, 1.0)))

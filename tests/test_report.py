@@ -76,7 +76,7 @@ def test_analyze_html_report(ckpts, tmp_path):
     assert one.value_at("train_loss", 0.0) == pytest.approx(report["metrics"]["train_loss"], rel=1e-5)
     text = html.read_text()
     self_contained(text)
-    for anchor in ("overview", "measures", "eigenvalues", "density", "gradient-norms", "landscape-1d",
+    for anchor in ("overview", "measures", "eigenvalues", "density", "gradient-norms", "ascents", "landscape-1d",
                    "landscape-2d"):
         assert f'id="{anchor}"' in text, anchor
     assert 'id="interpolation"' not in text

@@ -68,6 +68,9 @@ def test_sections_match_direct_calls_and_resume(ckpt, tmp_path, capsys):
     assert s["rho"] == [0.05, 0.1] and len(s["rows"]) == 2 and s["geometry"]["p"] == "inf"
     direct = worst_case_sharpness(train, 0.1, geometry=inf, steps=3, seed=3)
     assert s["rows"][1]["worst_case"]["sharpness"] == pytest.approx(direct.sharpness, rel=1e-10)
+    w = s["rows"][1]["worst_case"]  # the convergence trace and flag, and analyze's line about it
+    assert w["converged"] == direct.converged and w["trace"][0] == pytest.approx(direct.trace[0], rel=1e-10)
+    assert ("ascent" in stdout) and ("converged (best rose" in stdout or "WARNING: NOT converged" in stdout)
     assert s["rows"][1]["worst_case"]["seed"] == 3 and s["rows"][1]["worst_case"]["work"]["grads"] == 3
     avg = average_sharpness(train, 0.05, geometry=inf, samples=4, seed=3)
     assert s["rows"][0]["average_case"]["sharpness"] == pytest.approx(avg.sharpness, rel=1e-10)
@@ -116,7 +119,7 @@ def test_defaults_are_cheap_and_lanczos_is_computed_when_the_eigen_section_is_of
     assert not {"gnr", "local_extrema", "corruption", "pac_bayes"} & set(rep)
     o = default_options()
     assert o.sharpness_rho == [0.05] and o.adaptive_rho == [0.5] and o.gap_rho == [0.05] and o.gnr_rho == []
-    assert rep["sharpness"]["rows"][0]["worst_case"]["work"]["grads"] == 10
+    assert rep["sharpness"]["rows"][0]["worst_case"]["work"]["grads"] == 20
     assert rep["adaptive_sharpness"]["geometry"]["normalization"] == "element"
     lz = rep["surrogate_gap"]["lanczos"]
     _, model, data = open_checkpoint(ckpt, model=MODEL, data=DATA)

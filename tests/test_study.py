@@ -109,6 +109,10 @@ def test_mini_study_writes_table_report_and_plots(mini, capsys):
     assert len(study.runs) == 8
     md = (out / "report.md").read_text()
     assert "## All runs vs gen_gap" in md and "| psi lr |" in md.replace("psi lr | psi batch_size", "psi lr |")
+    from landscape.report.figures import ascent_traces  # the ascents' convergence, counted from the reports
+    flags = [c for r in data["rows"] for _, _, c in
+             ascent_traces(json.loads((out / "runs" / r["id"] / "analysis.json").read_text()))]
+    assert len(flags) >= 16 and f"Worst-case ascents: {sum(flags)} of {len(flags)} converged" in md
     assert (out / "scatter_gen_gap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     html = (out / "scatter_gen_gap.html").read_text()
     assert "plotly" in html and "<script src=" not in html.split("</head>")[0]  # self-contained

@@ -86,10 +86,12 @@ def _eig(ctx: AnalysisContext) -> dict[str, Any]:
         if o.which != "largest":
             raise ValueError("--eig-method power finds the largest-magnitude eigenvalues only; use --which largest")
         r = power_iteration(op, o.top_k, max_iter=o.max_iter or POWER_MAX_ITER, tol=o.tol or POWER_TOL,
-                            seed=o.seed, residuals=o.residuals, progress=ctx.progress)
+                            seed=o.seed, residuals=o.residuals, return_vectors=True, progress=ctx.progress)
     else:
         r = lanczos(op, o.top_k, which=o.which, tol=o.tol or LANCZOS_TOL, max_matvecs=o.max_iter, seed=o.seed,
-                    residuals=o.residuals, progress=ctx.progress)
+                    residuals=o.residuals, return_vectors=o.which != "smallest", progress=ctx.progress)
+    if r.eigenvectors is not None and len(r.eigenvectors):  # where the sharpness ascents start at a minimum
+        ctx.cache["top_eigenvector"] = r.eigenvectors[0]
     return {"k": o.top_k, **r.to_dict()}
 
 

@@ -5,9 +5,10 @@ surfaces.
 Sections, each present when its inputs are: overview (checkpoints, with a one-line verdict when there
 are several), measures (one checkpoint: every section's rows with its settings and run time; several:
 one column per checkpoint, then each checkpoint's full table), top Hessian eigenvalues, spectral
-density, gradient norms per layer, 1-D landscape (random direction), 2-D landscape (one checkpoint: 3-D
-surface and contours; several: contours with shared axes and one colour scale, and 3-D surfaces with
-one z-range), interpolations with their barrier heights, and the run settings.
+density, gradient norms per layer, the worst-case ascents' convergence traces, 1-D landscape (random
+direction), 2-D landscape (one checkpoint: 3-D surface and contours; several: contours with shared axes
+and one colour scale, and 3-D surfaces with one z-range), interpolations with their barrier heights, and
+the run settings.
 """
 from __future__ import annotations
 
@@ -174,6 +175,10 @@ def html_report(
     if grads:
         page.add("gradient-norms", "Gradient norms per layer",
                  page.figure(F.gradient_norms_figure(grads, grad_labels)))
+    if any(F.ascent_traces(r) for r in reports):
+        page.add("ascents", "Worst-case ascents",
+                 page.figure(F.ascent_figure(reports, labels),
+                             "Each ascent's best value per step and restart; a flat end means it converged."))
     if curves:
         page.add("landscape-1d", "1-D loss landscape",
                  page.figure(I.curves_figure(curves, labels, log=log, accuracy=True,

@@ -87,4 +87,46 @@ def gradient_norms_figure(sections: Sequence[dict[str, Any]], labels: Sequence[s
     return fig
 
 
-__all__ = ["density_figure", "eigenvalues_figure", "gradient_norms_figure"]
+def ascent_traces(report: dict[str, Any]) -> list[tuple[str, list[list[float]], bool]]:
+    """``(name, trace, converged)`` of every worst-case ascent in an analysis report: sharpness and adaptive
+    sharpness per rho, the surrogate gap where it ran the ascent, GNR, adversarial corruptions."""
+    out = []
+    for section, what in (("sharpness", "sharpness"), ("adaptive_sharpness", "adaptive")):
+        for row in (report.get(section) or {}).get("rows", []):
+            w = row.get("worst_case", {})
+            if w.get("trace"):
+                out.append((f"{what} rho={row['rho']:g}", w["trace"], bool(w.get("converged"))))
+    for row in (report.get("surrogate_gap") or {}).get("rows", []):
+        if row.get("trace"):
+            out.append((f"surrogate gap rho={row['rho']:g}", row["trace"], bool(row.get("converged"))))
+    for row in (report.get("gnr") or {}).get("rows", []):
+        if row.get("trace"):
+            out.append((f"GNR max ||g|| rho={row['rho']:g}", row["trace"], bool(row.get("converged"))))
+    for row in (report.get("corruption") or {}).get("rows", []):
+        if row.get("trace"):
+            out.append((f"corruption L{row['p']} eps={row['eps']:g}", row["trace"], bool(row.get("converged"))))
+    return out
+
+
+def ascent_figure(reports: Sequence[dict[str, Any]], labels: Sequence[str]) -> Any:
+    """The convergence traces of the worst-case ascents (:func:`ascent_traces`): the best value found so far
+    against the step, one line per run (restarts dotted), a colour per checkpoint; not converged in the legend."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for i, (report, label) in enumerate(zip(reports, labels)):
+        for name, trace, converged in ascent_traces(report):
+            for r, run in enumerate(trace):
+                flag = "" if converged else " (NOT converged)"
+                fig.add_trace(go.Scatter(
+                    x=list(range(len(run))), y=run, mode="lines+markers", marker={"size": 4},
+                    name=f"{label}: {name}{flag}" + (f" restart {r}" if r else ""), legendgroup=f"{i}{name}",
+                    line={"color": colour(i), "dash": "dot" if r else "solid"},
+                    hovertemplate="step %{x}: best %{y:.6g}<extra>" + f"{label}: {name}" + "</extra>"))
+    fig.update_layout(title="worst-case ascents: best value so far per step (gain over the unperturbed value)",
+                      xaxis_title="step (gradients)", yaxis_title="best value so far", height=440,
+                      template="plotly_white")
+    return fig
+
+
+__all__ = ["ascent_figure", "ascent_traces", "density_figure", "eigenvalues_figure", "gradient_norms_figure"]

@@ -5,8 +5,11 @@ For corruptions ``a`` in ``S = {a : ||T^{-1} a||_p <= eps}`` (p = 2 or inf, ``T`
 * random corruption: ``a = T u`` with ``u`` a Gaussian direction rescaled to ``||u||_p = eps`` (the ball's
   boundary), ``draws`` seeded draws, mean and standard deviation of loss and accuracy;
 * adversarial corruption, the multi-step attack: ``a_k = Pi_S(a_{k-1} + u_k)``,
-  ``u_k = argmax_{||T^{-1} u||_p <= eta} u . grad L(w + a_{k-1})`` (GA-SAM eqs. 15-18, ``eta = 1.5 eps / K``),
-  keeping the corruption with the largest loss on the attacked objective.
+  ``u_k = argmax_{||T^{-1} u||_p <= eta} u . grad L(w + a_{k-1})`` (GA-SAM eqs. 15-18), keeping the corruption
+  with the largest loss on the attacked objective. The step sizes are Auto-PGD's by default (the shared
+  :func:`~landscape.sharpness.common.projected_ascent`, which converges as the steps grow); GA-SAM's own
+  fixed ``eta = 1.5 eps / K`` is ``schedule="constant"``. Each adversarial row carries the attack's
+  ``trace``, ``converged`` flag and ``start``.
 
 Reported: ``L(w + a)`` and accuracy, and their changes against the clean model (``loss_increase``,
 ``acc_drop = acc(w) - acc(w + a)``), on the attacked objective and on any further ``evaluate_on`` ones
@@ -23,8 +26,8 @@ import torch
 
 from landscape.geometry import Geometry, Region
 from landscape.progress import progress_bar
-from landscape.sharpness.common import Cost, default_step_size
-from landscape.sharpness.worst_case import _maximize
+from landscape.sharpness.common import MEMORY, Cost, default_step_size
+from landscape.sharpness.worst_case import maximize
 
 
 @dataclass
@@ -72,18 +75,20 @@ def corruption_robustness(
     eta: float = 0.0,
     exclude: str = "none",
     draws: int = 5,
-    steps: int = 10,
+    steps: int = 20,
     restarts: int = 0,
-    schedule: str = "constant",
+    schedule: str = "apgd",
     step_size: float | None = None,
     seed: int = 0,
     evaluate_on: Mapping[str, Any] | None = None,
     name: str = "objective",
+    memory: int = MEMORY,
     progress: bool = False,
 ) -> CorruptionResult:
     """Loss / accuracy under random and adversarial corruptions of each radius in ``eps``:
     ``{"2": [...], "inf": [...]}`` (a plain list means L2). ``draws``: random corruptions per radius (0: none);
-    ``steps``: attack steps (0: no adversarial corruption), ``restarts`` extra random-start attacks.
+    ``steps``: attack steps (0: no adversarial corruption), ``restarts`` extra random-start attacks;
+    ``schedule`` / ``step_size`` / ``memory``: the ascent's (:func:`~landscape.sharpness.common.projected_ascent`).
     ``evaluate_on``: further objectives (same parameters) to report on, by name; ``name`` labels ``objective``."""
     if not isinstance(eps, Mapping):
         eps = {"2": list(eps)}
@@ -114,9 +119,12 @@ def corruption_robustness(
                         row[k] = _summary(o.evaluate_many(w0[None] + A), clean[k])
                     rows.append(row)
                 if steps > 0:
-                    _, _, a, _, norm = _maximize(objective, radius, geometry, steps, restarts, schedule, frac,
-                                                 seed + i, None)
-                    row = {**base, "kind": "adversarial", "corruption_norm": norm}
+                    loss0, r, norm = maximize(objective, radius, geometry, seed=seed + i, steps=steps,
+                                              restarts=restarts, schedule=schedule, step_size=frac, memory=memory)
+                    a = r.perturbation
+                    row = {**base, "kind": "adversarial", "corruption_norm": norm, "converged": r.converged,
+                           "relative_change": r.relative_change, "start": r.start,
+                           "trace": [[v - loss0 for v in run] for run in r.trace]}
                     for k, o in targets.items():
                         r = o.evaluate(w0 + a)
                         row[k] = _summary({"loss": [r["loss"]], "acc": None if r["acc"] is None else [r["acc"]]},

@@ -1,7 +1,10 @@
 """The sharpness sections of ``landscape analyze`` (registered into :mod:`landscape.analysis`).
 
 Cheap by default: worst-case sharpness (L2, rho = 0.05) and adaptive sharpness (element-wise, rho = 0.5)
-with 10 ascent steps each, and the surrogate gap (one extra gradient per rho). GNR, local extrema counts,
+with 20 ascent steps each (Auto-PGD-style, :func:`~landscape.sharpness.common.projected_ascent`; a row says
+when an ascent has not converged), and the surrogate gap (one extra gradient per rho). Where the gradient
+vanishes the ascents start along the top Hessian eigenvector when the ``hessian_eigenvalues`` section
+computed it in the same run, else at a seeded random point. GNR, local extrema counts,
 corruption robustness and PAC-Bayes flatness run on request (``--gnr-rho``, ``--extrema-directions``,
 ``--corruption-eps`` / ``--corruption-eps-inf``, ``--pac-bayes``). Every random draw is seeded by ``--seed``.
 """
@@ -14,7 +17,7 @@ from typing import Any
 from landscape.analysis import AnalysisContext, Measure, register_measure
 from landscape.geometry import EXCLUDE, NORMALIZATIONS, Geometry
 from landscape.sharpness.average_case import average_sharpness
-from landscape.sharpness.common import SCHEDULES, parse_floats
+from landscape.sharpness.common import MEMORY, SCHEDULES, TOL, parse_floats
 from landscape.sharpness.corruption import corruption_robustness
 from landscape.sharpness.gnr import gradient_norm_regularizer
 from landscape.sharpness.local_extrema import ENDPOINTS, local_extrema
@@ -60,6 +63,25 @@ def _g(x: float | None) -> str:
 def _cost(w: dict[str, int]) -> str:
     parts = [f"{w[k]} {k}" for k in ("grads", "hvps", "losses") if w.get(k)]
     return ", ".join(parts) or "0"
+
+
+def _ascent_row(r: dict[str, Any], flag: str) -> list[tuple[str, str]]:
+    """The ascent's convergence line: a WARNING when it has not converged (``converged`` False)."""
+    if r.get("converged") is None or not r.get("trace"):
+        return []
+    steps = len(r["trace"][0]) - 1
+    window = -(-steps // 4)
+    start = f"; start {r['start']}" if r.get("start") and r["start"] != "gradient" else ""
+    if r["converged"]:
+        return [("  ascent", f"converged (best rose {r['relative_change']:.1e} over the last {window} of {steps} "
+                             f"steps{start})")]
+    return [("  ascent", f"WARNING: NOT converged (best rose {r['relative_change']:.2g} over the last {window} of "
+                         f"{steps} steps{start}); raise {flag}")]
+
+
+def top_eigenvector(ctx: AnalysisContext) -> Any:
+    """The top Hessian eigenvector if the ``hessian_eigenvalues`` section computed it in this run, else None."""
+    return ctx.cache.get("top_eigenvector")
 
 
 # ---------------------------------------------------------------- study scalars
@@ -117,7 +139,8 @@ def lambda_max(ctx: AnalysisContext) -> dict[str, Any]:
 
         o = ctx.options
         r = lanczos(ctx.objective().hessian, 1, tol=o.tol or LANCZOS_TOL, max_matvecs=o.max_iter, seed=o.seed,
-                    progress=ctx.progress)
+                    return_vectors=True, progress=ctx.progress)
+        ctx.cache.setdefault("top_eigenvector", r.eigenvectors[0])
         ctx.cache["lambda_max"] = {"lambda_max": float(r.eigenvalues[0]), "source": "lanczos (k=1)",
                                    "hvps": r.num_matvecs, "converged": r.converged}
     return ctx.cache["lambda_max"]
@@ -136,14 +159,21 @@ def _sharpness_args(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--sharpness-exclude", choices=EXCLUDE, default="none",
                    help="biases / norm-layer weights (1-D tensors): like the others, T = 1, or not perturbed "
                         "[default: none]")
-    g.add_argument("--sharpness-steps", type=int, metavar="N", default=10,
-                   help="projected-ascent steps (one gradient each; also used by adaptive sharpness) [default: 10]")
+    g.add_argument("--sharpness-steps", type=int, metavar="N", default=20,
+                   help="ascent steps (one gradient each; also used by adaptive sharpness) [default: 20]")
     g.add_argument("--sharpness-restarts", type=int, metavar="N", default=0,
                    help="extra ascent runs from random points of the ball [default: 0]")
-    g.add_argument("--sharpness-schedule", choices=SCHEDULES, default="constant",
-                   help="step-size schedule of the ascent [default: constant]")
+    g.add_argument("--sharpness-schedule", choices=SCHEDULES, default="apgd",
+                   help="ascent steps: apgd (adaptive, converges) or GA-SAM's fixed constant / cosine steps "
+                        "[default: apgd]")
     g.add_argument("--sharpness-step-size", type=float, metavar="X", default=None,
-                   help="first step as a fraction of rho [default: 1.5/steps (constant), 3/steps (cosine)]")
+                   help="first step as a fraction of rho [default: 2 (apgd), 1.5/steps (constant), 3/steps (cosine)]")
+    g.add_argument("--sharpness-memory", type=int, metavar="N", default=MEMORY,
+                   help=f"points the L2 apgd ascent keeps for its subspace model (0: plain Auto-PGD) "
+                        f"[default: {MEMORY}]")
+    g.add_argument("--sharpness-tol", type=float, metavar="X", default=TOL,
+                   help=f"converged when the best value rose by at most this fraction over the last quarter of "
+                        f"the steps [default: {TOL:g}]")
     g.add_argument("--sharpness-samples", type=int, metavar="N", default=0,
                    help="also average-case sharpness E L(w + T a) - L(w) over this many noise draws (0: skip) "
                         "[default: 0]")
@@ -165,6 +195,7 @@ def _sharpness_rows_for(ctx: AnalysisContext, geometry: Geometry, rhos: list[flo
         w = worst_case_sharpness(obj, rho, geometry=geometry, steps=o.sharpness_steps, restarts=o.sharpness_restarts,
                                  schedule=o.sharpness_schedule, step_size=o.sharpness_step_size, seed=o.seed,
                                  batch_size=o.sharpness_batch_size, max_batches=o.sharpness_max_batches,
+                                 direction=top_eigenvector(ctx), memory=o.sharpness_memory, tol=o.sharpness_tol,
                                  progress=ctx.progress)
         row: dict[str, Any] = {"rho": rho, "worst_case": w.to_dict()}
         if o.sharpness_samples > 0:
@@ -192,6 +223,7 @@ def _sharpness_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
         mode = "" if w["batch_size"] is None else f", m={w['batch_size']} x {w['num_batches']}"
         out.append((f"sharpness rho={row['rho']:g} ({what}{mode})",
                     f"{_g(w['sharpness'])}  (max loss {_g(w['perturbed_loss'])}; {_cost(w['work'])})"))
+        out += _ascent_row(w, "--sharpness-steps or --sharpness-restarts")
         if "average_case" in row:
             a = row["average_case"]
             err = f" ± {a['stderr']:.2g}" if a.get("stderr") is not None else ""
@@ -240,21 +272,27 @@ def _gap_args(g: argparse._ArgumentGroup) -> None:
                    help="radii of GSAM's surrogate gap h = L(w + rho g/||g||) - L(w), comma-separated; '' skips "
                         "[default: 0.05]")
     g.add_argument("--gap-steps", type=int, metavar="N", default=1,
-                   help="ascent directions (1: GSAM; more refine it toward the top eigenvector) [default: 1]")
+                   help="1: GSAM's h = L(w + rho g/||g||) - L(w); more: the maximum over the ball by that many ascent "
+                        "steps (as where the gradient vanishes) [default: 1]")
 
 
 def _gap(ctx: AnalysisContext) -> dict[str, Any]:
     o = ctx.options
     obj = ctx.objective()
     rhos = parse_floats(o.gap_rho)
-    rows = [surrogate_gap(obj, rho, steps=o.gap_steps, seed=o.seed).to_dict() for rho in rhos]
-    return {"rho": rhos, "rows": rows, "lanczos": lambda_max(ctx)}
+    top = lambda_max(ctx)
+    rows = [surrogate_gap(obj, rho, steps=o.gap_steps, seed=o.seed, direction=top_eigenvector(ctx)).to_dict()
+            for rho in rhos]
+    return {"rho": rhos, "rows": rows, "lanczos": top}
 
 
 def _gap_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
     out = []
     for r in s["rows"]:
-        out.append((f"surrogate gap rho={r['rho']:g}", f"h {_g(r['gap'])}, 2h/rho^2 {_g(r['estimate'])}"))
+        how = "" if r.get("method", "gradient") == "gradient" else (
+            " (gradient vanishes: max over the ball by ascent)" if r.get("gradient_vanishes") else " (ascent)")
+        out.append((f"surrogate gap rho={r['rho']:g}", f"h {_g(r['gap'])}, 2h/rho^2 {_g(r['estimate'])}{how}"))
+        out += _ascent_row(r, "--gap-steps")
         out.append(("  first order rho||g|| / rest 2(h - rho||g||)/rho^2",
                      f"{_g(r['first_order'])} / {_g(r['second_order_estimate'])}"))
     out.append(("  Lanczos lambda_max", _g(s["lanczos"]["lambda_max"])))
@@ -271,25 +309,29 @@ def _gnr_args(g: argparse._ArgumentGroup) -> None:
                    help="radii of GNR's R = rho max_{B(w,rho)} ||grad L||, comma-separated [default: off]")
     g.add_argument("--gnr-steps", type=int, metavar="N", default=20,
                    help="ascent steps (a gradient and an HVP each) [default: 20]")
-    g.add_argument("--gnr-restarts", type=int, metavar="N", default=1,
-                   help="extra runs from random points of the ball [default: 1]")
-    g.add_argument("--gnr-schedule", choices=SCHEDULES, default="cosine", help="step-size schedule [default: cosine]")
+    g.add_argument("--gnr-restarts", type=int, metavar="N", default=0,
+                   help="extra runs from random points of the ball [default: 0]")
+    g.add_argument("--gnr-schedule", choices=SCHEDULES, default="apgd",
+                   help="ascent steps: apgd (adaptive, converges) or fixed constant / cosine [default: apgd]")
     g.add_argument("--gnr-step-size", type=float, metavar="X", default=None,
-                   help="first step as a fraction of rho [default: 3/steps (cosine), 1.5/steps (constant)]")
+                   help="first step as a fraction of rho [default: 2 (apgd), 3/steps (cosine), 1.5/steps (constant)]")
 
 
 def _gnr(ctx: AnalysisContext) -> dict[str, Any]:
     o = ctx.options
     obj = ctx.objective()
     rows = [gradient_norm_regularizer(obj, rho, steps=o.gnr_steps, restarts=o.gnr_restarts, schedule=o.gnr_schedule,
-                                      step_size=o.gnr_step_size, seed=o.seed, progress=ctx.progress).to_dict()
+                                      step_size=o.gnr_step_size, seed=o.seed, direction=top_eigenvector(ctx),
+                                      progress=ctx.progress).to_dict()
             for rho in parse_floats(o.gnr_rho)]
     return {"rho": parse_floats(o.gnr_rho), "rows": rows, "lanczos": lambda_max(ctx)}
 
 
 def _gnr_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
-    out = [(f"GNR rho={r['rho']:g}", f"R {_g(r['R'])}, R/rho^2 {_g(r['estimate'])} ({_cost(r['work'])})")
-           for r in s["rows"]]
+    out = []
+    for r in s["rows"]:
+        out.append((f"GNR rho={r['rho']:g}", f"R {_g(r['R'])}, R/rho^2 {_g(r['estimate'])} ({_cost(r['work'])})"))
+        out += _ascent_row(r, "--gnr-steps")
     out.append(("  Lanczos lambda_max", _g(s["lanczos"]["lambda_max"])))
     return out
 
@@ -349,8 +391,8 @@ def _corruption_args(g: argparse._ArgumentGroup) -> None:
                    help="biases / norm-layer weights: like the others, T = 1, or not corrupted [default: none]")
     g.add_argument("--corruption-draws", type=int, metavar="N", default=5,
                    help="random corruptions per radius (0: none) [default: 5]")
-    g.add_argument("--corruption-steps", type=int, metavar="N", default=10,
-                   help="steps of the adversarial corruption (0: none) [default: 10]")
+    g.add_argument("--corruption-steps", type=int, metavar="N", default=20,
+                   help="steps of the adversarial corruption (apgd ascent; 0: none) [default: 20]")
     g.add_argument("--corruption-restarts", type=int, metavar="N", default=0,
                    help="extra random-start attacks [default: 0]")
 
@@ -375,6 +417,7 @@ def _corruption_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
         label = f"  L{row['p']} eps={row['eps']:g} {row['kind']}"
         out.append((label, " / ".join(f"acc drop {_g(row[k]['acc_drop'])} loss {row[k]['loss_increase']:+.4g}"
                                       for k in splits)))
+        out += [("  " + label, value) for label, value in _ascent_row(row, "--corruption-steps")]
     return out
 
 

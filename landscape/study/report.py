@@ -72,8 +72,34 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def markdown(corr: dict[str, Any], study: Any, counts: dict[str, int], plots: Sequence[str] = ()) -> str:
-    """The whole report: runs, method, then a ranked table per group and target."""
+def ascent_convergence(study: Any, study_dir: str | Path) -> str:
+    """One line on the worst-case ascents of the finished runs (:func:`landscape.report.figures.ascent_traces`):
+    how many converged, and which did not (run: ascent), so that an unconverged sharpness is not correlated
+    unawares; ``""`` when there are none."""
+    from landscape.report.figures import ascent_traces
+    from landscape.study.table import analysis_file, read_json, run_dir
+
+    total, bad = 0, []
+    for run in study.runs:
+        for pass_name in study.passes:
+            path = run_dir(study_dir, run) / analysis_file(pass_name)
+            report = read_json(path) if path.exists() else None
+            for name, _, converged in ascent_traces(report or {}):
+                total += 1
+                if not converged:
+                    bad.append(f"{run.name}{':' + pass_name if pass_name else ''} {name}")
+    if not total:
+        return ""
+    line = f"Worst-case ascents: {total - len(bad)} of {total} converged"
+    if bad:
+        more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+        line += "; NOT converged (raise the ascent steps): " + "; ".join(bad[:10]) + more
+    return line + "."
+
+
+def markdown(corr: dict[str, Any], study: Any, counts: dict[str, int], plots: Sequence[str] = (),
+             convergence: str = "") -> str:
+    """The whole report: runs, method, the ascents' convergence, then a ranked table per group and target."""
     b = corr["bootstrap"]
     tau = {"a": "tau-a (asam.txt App. B)", "b": "tau-b (scipy.stats.kendalltau)", "c": "tau-c"}[corr["tau_variant"]]
     status = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
@@ -90,6 +116,8 @@ def markdown(corr: dict[str, Any], study: Any, counts: dict[str, int], plots: Se
            "Axes: " + "; ".join(f"{axis_label(a)} = {_values(v)}" for a, v in study.axes.items())
            + "; optimizer = " + ", ".join(sorted({r.variant for r in study.runs}, key=_variant_order(study)))
            + "; seeds = " + _values(study.seeds) + ".", ""]
+    if convergence:
+        out += [convergence, ""]
     for group in corr["groups"]:
         for target in corr["targets"]:
             header, rows = ranked(corr, group, target)
@@ -242,7 +270,8 @@ def write_report(study: Any, table: Any, corr: dict[str, Any], study_dir: str | 
         paths["html"] = scatter_html(used, order, target, study_dir / f"scatter_{target}.html", corr,
                                      opts, title_text=f"{study.name}: ")
         plots = [paths["png"], paths["html"]]
-    atomic_write_text(paths["markdown"], markdown(corr, study, counts, [str(p) for p in plots]) + "\n")
+    atomic_write_text(paths["markdown"], markdown(corr, study, counts, [str(p) for p in plots],
+                                                  ascent_convergence(study, study_dir)) + "\n")
     return paths
 
 
