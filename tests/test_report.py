@@ -99,9 +99,10 @@ def test_analyze_html_report(ckpts, tmp_path):
 
 
 def test_analyze_html_flags(ckpts, tmp_path, capsys):
-    code = main(["analyze", str(ckpts[0]), *ENTRY, "--html", str(tmp_path / "x.html"), "--landscape-range", "0",
-                 "--top-k", "0", "--trace-samples", "0", "--quiet"])
-    err = capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:  # refused by the parser's range check
+        main(["analyze", str(ckpts[0]), *ENTRY, "--html", str(tmp_path / "x.html"), "--landscape-range", "0",
+              "--top-k", "0", "--trace-samples", "0", "--quiet"])
+    code, err = exit_.value.code, capsys.readouterr().err
     assert code == 2 and "--landscape-range" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x.analysis.json").exists()  # refused before any work
     _main(["analyze", ckpts[0], *ENTRY, "--html", tmp_path / "y.html", "--json", tmp_path / "y.json", "--top-k", "0",

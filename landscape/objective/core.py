@@ -149,9 +149,11 @@ class Objective:
             if self.reduce_sum(empty)[0] > 0:
                 raise DataError(f"{int(empty[0])} of {world_size()} processes get no batch of the stream; give it "
                                 "at least as many batches as processes")
-        self._validated = False  # the first pass checks every batch's loss ...
-        self._finite_weights = all(bool(torch.isfinite(t).all()) for t in (self.w0, *self._fixed.values())
-                                   if t.is_floating_point())  # ... a non-finite one is the loss's fault only here
+        # the first pass checks every batch's value from a user's loss: a non-finite one is the loss function's
+        # fault where the weights are finite (a built-in loss is NaN only through the model: a diverged run)
+        self._validated = False
+        self._check_loss = not isinstance(self.loss_spec, TaskLoss) and all(
+            bool(torch.isfinite(t).all()) for t in (self.w0, *self._fixed.values()) if t.is_floating_point())
         self._vmap_points = True
         self._auto_chunk: int | None = None
         self.counts: Counter[str] = Counter()
@@ -281,13 +283,13 @@ class Objective:
     def value(self, w: torch.Tensor, batch: Any, index: int = 0,
               buffers: Mapping[str, torch.Tensor] | None = None) -> LossValue:
         """The loss protocol's :class:`~landscape.objective.loss.LossValue` of ``batch`` at ``w``; during the
-        first pass every batch's loss is checked (a one-line error naming the batch), unless the model's own
-        weights are not finite."""
+        first pass every batch's value from a user's loss (criterion, ``loss_fn``) is checked: a one-line error
+        naming the batch (not where the model's own weights are not finite)."""
         try:
             v = self.call(self.loss_spec.value, w, batch, buffers=buffers)
         except LossError as e:
             raise LossError(f"batch {index}: {e}") from None
-        if not self._validated and self._finite_weights:
+        if not self._validated and self._check_loss:
             check_value(v, index, self.loss_spec)
         return v
 
