@@ -218,11 +218,11 @@ def test_per_batch_mode_averages_the_mini_batch_maxima(mlp_objective):
     r = worst_case_sharpness(obj, 0.1, batch_size=8, max_batches=3, **kw)
     assert r.batch_size == 8 and r.num_batches == 3
     batches = obj.minibatches(8, limit=3, seed=2)
-    assert [len(b._x) for b in batches] == [8, 8, 8]
-    rows = torch.cat([b._x for b in batches])
+    assert [len(b.source.data[0]) for b in batches] == [8, 8, 8]  # in-memory rows: (x, y)
+    rows = torch.cat([b.source.data[0] for b in batches])
     assert len(set(map(tuple, rows.tolist()))) == 24  # disjoint
     for b in batches:  # each is the objective of its rows alone (its loss weighted by its own counts)
-        alone = Objective(obj.model, b._x, b._y, batch_size=16)
+        alone = Objective(obj.model, *b.source.data, batch_size=16)
         assert b.loss() == pytest.approx(alone.loss(), rel=1e-12)
         assert worst_case_sharpness(b, 0.1, **kw).sharpness == pytest.approx(
             worst_case_sharpness(alone, 0.1, **kw).sharpness, rel=1e-9)

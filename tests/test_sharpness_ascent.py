@@ -171,7 +171,7 @@ def test_m_sharpness_is_the_mean_of_exact_batch_maxima(regression):
     for rho in (0.05, 0.5):
         r = worst_case_sharpness(obj, rho, batch_size=12, seed=1)
         batches = obj.minibatches(12, seed=1)
-        exact = sum(_exact(b._x, b._y, w, rho, 2.0) for b in batches) / len(batches)
+        exact = sum(_exact(*b.source.data, w, rho, 2.0) for b in batches) / len(batches)
         assert r.num_batches == 4 and 0.99 * exact <= r.sharpness <= exact * (1 + 1e-12)
         assert len(r.trace) == 1 and len(r.trace[0]) == 21 and r.trace[0][-1] == pytest.approx(r.sharpness)
         assert r.converged and r.start == "gradient 4"
@@ -179,7 +179,7 @@ def test_m_sharpness_is_the_mean_of_exact_batch_maxima(regression):
 
 def test_adversarial_corruption_reaches_the_exact_maximum(regression):
     obj, w = regression, regression.w0
-    x, y = obj._x, obj._y
+    x, y = obj.source.data
     r = corruption_robustness(obj, {"2": [0.1, 1.0], "inf": [0.05]}, draws=0)
     for row in r.rows:
         p = 2.0 if row["p"] == "2" else math.inf
