@@ -194,3 +194,36 @@ def test_bootstrap_intervals_equal_a_plain_loop_over_resamples():
                                                      np.array([r["g"] for r in grid])[i]).statistic,
                                 len(grid), 300, 11, 0.9)
     assert s.tau_ci == pytest.approx(tau_ci, abs=1e-12)
+
+
+def test_measure_stats_passes_the_variant_through_and_reports_scipys_p_value():
+    """Gaps a mutmut run left in this file: the p-value, the tau variant reaching every statistic, the filter's
+    boundary, counts per status, the ranking's tie-break, and the bootstrap's degenerate inputs."""
+    rng = np.random.default_rng(4)
+    rows = [{"a": a, "b": b, "seed": 0, "m": float(rng.integers(0, 3)), "g": float(rng.integers(0, 4))}
+            for a in range(4) for b in range(3)]
+    m, g = [r["m"] for r in rows], [r["g"] for r in rows]
+    for variant in ("b", "c"):
+        s = measure_stats(rows, "m", "g", ["a", "b"], n_boot=50, seed=2, variant=variant)
+        want = kendalltau(m, g, variant=variant)
+        assert s.tau == pytest.approx(want.statistic, abs=1e-12) and s.p_value == pytest.approx(want.pvalue, rel=1e-12)
+        assert s.tau_ci == bootstrap_tau(m, g, n_boot=50, seed=2, variant=variant)
+        assert s.psi == pytest.approx(granulated(rows, "m", "g", ["a", "b"], variant=variant)[0], nan_ok=True)
+    a = measure_stats(rows, "m", "g", ["a", "b"], n_boot=50, seed=2, variant="a")
+    assert a.tau == pytest.approx(tau_by_hand(m, g, "a"), abs=1e-12) and math.isnan(a.p_value)  # no test for tau-a
+    assert a.tau != measure_stats(rows, "m", "g", ["a", "b"], n_boot=0).tau  # ties: tau-a != tau-b
+    assert a.tau_ci == bootstrap_tau(m, g, n_boot=50, seed=2, variant="a")
+    assert a.measure == "m" and a.to_dict()["p_value"] != a.to_dict()["p_value"]  # NaN
+    # the train-accuracy filter keeps its boundary; every excluded run is counted
+    kept, excluded = usable([{"status": "done", "train_acc": 0.99}, {"status": "failed"}, {"status": "failed"},
+                             {"status": "done", "train_acc": True}], 0.99)
+    assert len(kept) == 1 and excluded == {"failed": 2, "below_min_train_acc": 1}  # a bool is no accuracy
+    # ranking by Psi: a tie broken by tau, a NaN tau last
+    stats = [{"measure": "x", "tau": float("nan"), "Psi": 0.5}, {"measure": "y", "tau": 0.1, "Psi": 0.5},
+             {"measure": "z", "tau": 0.3, "Psi": 0.5}]
+    assert [s["measure"] for s in rank(stats, "psi")] == ["z", "y", "x"]
+    # degenerate bootstrap inputs: no interval from fewer than two pairs or no draws; one draw is a point
+    assert all(math.isnan(v) for v in bootstrap_tau([1.0], [2.0], n_boot=10) + bootstrap_tau([], [], n_boot=10))
+    assert all(math.isnan(v) for v in bootstrap_tau([1.0, 2.0], [2.0, 3.0], n_boot=0))
+    lo, hi = bootstrap_tau(np.arange(8.0), np.arange(8.0) ** 2, n_boot=1, seed=0)
+    assert lo == hi == 1.0
