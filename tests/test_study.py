@@ -245,6 +245,7 @@ def test_measures_registered_elsewhere_are_usable_from_a_study(tmp_path, capsys,
 RAY_SETTLED = ("seconds", "cached")  # wall times, and whether a result was read back: not the run's numbers
 
 
+@pytest.mark.slow  # 62 s on 2 busy cores (load 9), most of it starting the cluster
 def test_ray_backend_on_a_local_cluster(mini, tmp_path):
     """``--backend ray`` end to end on a real local Ray cluster, started by the CLI in a fresh process run from
     another folder: the runs are pickled to Ray workers, which import the study's model and data by name

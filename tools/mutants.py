@@ -76,6 +76,8 @@ MUTANTS = [
            "float(losses.std()) / math.sqrt(samples)", T_AVG),
     Mutant("avg-stderr-double", AVG, "float(losses.std(ddof=1)) / math.sqrt(samples)",
            "2 * float(losses.std(ddof=1)) / math.sqrt(samples)", T_AVG),
+    Mutant("avg-noise-sqrt2", AVG, "draw_perturbations(region, rho, samples, distribution, seed, chunk_size)",
+           "draw_perturbations(region, rho * math.sqrt(2), samples, distribution, seed, chunk_size)", T_AVG),
     Mutant("gaussian-noise-sqrt2", "landscape/geometry.py", "a = [t * radius for t in z]",
            "a = [t * radius * math.sqrt(2) for t in z]", T_AVG),
     # gallery figures (the scripts' numbers against dense references)
