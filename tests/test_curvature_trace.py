@@ -95,6 +95,8 @@ def test_hutchpp_beats_hutchinson_on_a_decaying_spectrum(sketch):
     err_h = [abs(hutchinson(MatrixOperator(A), max_samples=60, rtol=None, seed=s).trace - tr) for s in range(10)]
     runs = [hutchpp(MatrixOperator(A), max_samples=60, sketch=sketch, rtol=None, seed=s) for s in range(10)]
     assert np.mean([abs(r.trace - tr) for r in runs]) < 0.2 * np.mean(err_h)
+    spread = np.sqrt(np.mean([(r.trace - tr) ** 2 for r in runs]))  # the stderr is first checked against it
+    assert 0.5 * spread < np.mean([r.stderr for r in runs]) < 2 * spread
     assert all(abs(r.trace - tr) < 5 * r.stderr + 1e-9 for r in runs)
     r = runs[0]
     rank, samples = (20, 20) if sketch == "random" else (40, 20)

@@ -79,6 +79,28 @@ def test_fig3_eigenvalues(dirs):
         assert math.isfinite(ratio) and ratio > 0 and math.isfinite(out["summary"][task]["ga_sam"]["ratio_median"])
         # different optimizers, different minima
         assert by_method["ga_sam"][0]["eigenvalues"] != by_method["baseline"][0]["eigenvalues"]
+        # GA-SAM's seed-0 run against the Fisher built from per-sample gradients taken one at a time
+        exact = fisher_eigenvalues_by_loop(script("gasam_runs").checkpoint(task, "ga_sam", quick=True, work=dirs[0]))
+        ev = np.asarray(by_method["ga_sam"][0]["eigenvalues"])
+        assert np.abs(ev[:len(exact)] - exact[:50]).max() < 1e-5 * ev[0] and (ev[len(exact):] == 0).all()
+
+
+def fisher_eigenvalues_by_loop(path: Path) -> np.ndarray:
+    """The non-zero eigenvalues of the empirical Fisher F = (1/N) sum_i g_i g_i^T over the training rows, in
+    float64 and eval mode: g_i by one backward pass per row (a language model's row loss: the mean over its
+    tokens), then the squared singular values of [g_1 .. g_N]^T over N."""
+    from landscape.checkpoint import open_checkpoint
+
+    _, model, data = open_checkpoint(path)
+    model = model.double().eval()
+    params = list(model.parameters())
+    rows = []
+    for i in range(len(data.x_train)):
+        out, y = model(data.x_train[i:i + 1]), data.y_train[i:i + 1]
+        loss = torch.nn.functional.cross_entropy(out.flatten(0, -2), y.flatten())  # (1, C) or (1, T, V) logits
+        rows.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)]))
+    J = torch.stack(rows)
+    return (torch.linalg.svdvals(J) ** 2 / len(J)).numpy()
 
 
 def test_fig45_gradients(dirs):

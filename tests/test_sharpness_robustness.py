@@ -154,3 +154,56 @@ def test_flatness_measures():
     loss_only = FunctionObjective(lambda w: 0.5 * ((w - W0) ** 2).sum(), W0)
     r = pac_bayes_flatness(loss_only, samples=200, deviation=0.5, magnitude=False, tol=1e-2)
     assert r.metric == "loss" and r.sigma == pytest.approx(math.sqrt(2 * 0.5 / len(W0)), rel=0.1)
+
+
+def test_pac_bayes_bounds_worked_by_hand(monkeypatch):
+    """Jiang et al.'s bound terms at fixed sigmas (the search stubbed out: plain sigma' = 0.2, magnitude-aware
+    sigma' = 0.5) for w = (3, 4), w_init = (3, 0), m = 100 samples, omega = 2 weights, eps' = 0.1:
+
+    * orig:     ||w||^2 / (4 sigma^2) + log(m / sigma) + 10 = 25 / 0.16 + log(500) + 10
+    * init:     ||w - w_init||^2 = 16: 16 / 0.16 + log(500) + 10
+    * mag.init: num = eps^2 + (0.25 + 1) 16 / 2 = 10.01, den_i = eps^2 + 0.25 (w_i - w_init_i)^2 = 0.01, 4.01:
+                1/4 (log(10.01 / 0.01) + log(10.01 / 4.01)) + log(200) + 10
+    * mag.orig: num = eps^2 + 1.25 * 25 / 2 = 15.635 over the same den_i (Jiang et al.'s eq. for pacbayes.mag.orig
+                keeps |w_i - w_init_i| in the denominator): 1/4 (log(15.635 / 0.01) + log(15.635 / 4.01)) + ...;
+                without w_init (w_init = 0): den_i = eps^2 + 0.25 w_i^2 = 2.26, 4.01.
+    """
+    from landscape.sharpness import pac_bayes
+    from landscape.sharpness.pac_bayes import SigmaSearch
+
+    def stub(objective, *, magnitude_eps=None, **kw):
+        s = 0.2 if magnitude_eps is None else 0.5
+        return SigmaSearch(s, 0.1, (s, s), True, [(s, 0.1)])
+
+    monkeypatch.setattr(pac_bayes, "find_sigma", stub)
+    obj = FunctionObjective(lambda w: 0.5 * (w ** 2).sum(), torch.tensor([3.0, 4.0], dtype=torch.float64))
+    obj.num_samples = 100
+    r = pac_bayes_flatness(obj, metric="loss", magnitude_eps=0.1, w_init=torch.tensor([3.0, 0.0]))
+    assert r.flatness == pytest.approx(25.0, rel=1e-12) and r.mag_flatness == pytest.approx(4.0, rel=1e-12)
+    assert r.bound_orig == pytest.approx(156.25 + math.log(500) + 10, rel=1e-12)
+    assert r.bound_init == pytest.approx(100.0 + math.log(500) + 10, rel=1e-12)
+    assert r.mag_bound_init == pytest.approx(
+        0.25 * (math.log(10.01 / 0.01) + math.log(10.01 / 4.01)) + math.log(200) + 10, rel=1e-12)
+    assert r.mag_bound_orig == pytest.approx(
+        0.25 * (math.log(15.635 / 0.01) + math.log(15.635 / 4.01)) + math.log(200) + 10, rel=1e-12)
+    without = pac_bayes_flatness(obj, metric="loss", magnitude_eps=0.1)  # no w_init: only the orig terms
+    assert without.bound_init is None and without.mag_bound_init is None
+    assert without.bound_orig == pytest.approx(r.bound_orig, rel=1e-12)
+    assert without.mag_bound_orig == pytest.approx(
+        0.25 * (math.log(15.635 / 2.26) + math.log(15.635 / 4.01)) + math.log(200) + 10, rel=1e-12)
+
+
+def test_pac_bayes_bounds_use_the_sigmas_found():
+    """The bound terms of a real search (no stub) with non-zero initial weights, by a plain loop over weights
+    (both magnitude-aware terms divide by eps^2 + sigma^2 (w_i - w_init_i)^2, as in Jiang et al.)."""
+    obj = gaussian_bump()
+    w_init = torch.linspace(-1.0, 1.0, len(W0), dtype=torch.float64)
+    r = pac_bayes_flatness(obj, samples=200, tol=5e-3, w_init=w_init)
+    s, sm, m, eps = r.sigma, r.sigma_mag, r.num_samples, r.magnitude_eps
+    assert r.sigma != r.sigma_mag and m == 1 and r.num_params == len(W0)
+    w, v = W0.tolist(), (W0 - w_init).tolist()
+    assert r.bound_init == pytest.approx(sum(x * x for x in v) / (4 * s * s) + math.log(m / s) + 10, rel=1e-12)
+    for ref, got in ((w, r.mag_bound_orig), (v, r.mag_bound_init)):
+        num = eps ** 2 + (sm ** 2 + 1) * sum(x * x for x in ref) / len(ref)
+        want = 0.25 * sum(math.log(num / (eps ** 2 + sm ** 2 * x * x)) for x in v) + math.log(m / sm) + 10
+        assert got == pytest.approx(want, rel=1e-12)

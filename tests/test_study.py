@@ -1,5 +1,5 @@
 """``landscape study`` end to end on the test fixtures: outputs, resume after a kill, diverged and failed
-runs, measures registered elsewhere, the Ray backend (with a stand-in), ``compare``'s measures table."""
+runs, measures registered elsewhere, the Ray backend (a real local cluster), ``compare``'s measures table."""
 from __future__ import annotations
 
 import csv
@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-import types
 from pathlib import Path
 
 import pytest
@@ -247,37 +246,39 @@ def test_measures_registered_elsewhere_are_usable_from_a_study(tmp_path, capsys,
         "gradient_norms.norm", "gradient_norms.strength", "toy_sharpness.value", "hessian_eigenvalues.lambda_max"}
 
 
-def test_ray_backend(tmp_path, capsys, monkeypatch):
-    calls = {"init": 0, "num_cpus": [], "tasks": 0}
-    fake = types.ModuleType("ray")
-    results: dict[int, object] = {}
-    fake.is_initialized = lambda: calls["init"] > 0
-    fake.init = lambda: calls.__setitem__("init", calls["init"] + 1)
+RAY_SETTLED = ("seconds", "cached")  # wall times, and whether a result was read back: not the run's numbers
 
-    def remote(num_cpus):
-        calls["num_cpus"].append(num_cpus)
 
-        def deco(fn):
-            def submit(*args):
-                calls["tasks"] += 1
-                ref = len(results)
-                results[ref] = fn(*args)
-                return ref
-            return types.SimpleNamespace(remote=submit)
-        return deco
+@pytest.mark.slow  # 62 s on 2 busy cores (load 9), most of it starting the cluster
+def test_ray_backend_on_a_local_cluster(mini, tmp_path):
+    """``--backend ray`` end to end on a real local Ray cluster, started by the CLI in a fresh process run from
+    another folder: the runs are pickled to Ray workers, which import the study's model and data by name
+    (``tests.fixtures``, through PYTHONPATH) and write the run folders by path; the results are those of the
+    local process pool, number for number."""
+    pytest.importorskip("ray")
+    path, local = mini
+    study = write(tmp_path, MINI)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+           "RAY_DISABLE_USAGE_STATS": "1", "RAY_ADDRESS": ""}
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "landscape", "study", str(study), "--backend", "ray",
+                           "--workers", "2", "--threads", "1", "--quiet"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    seconds = time.perf_counter() - start
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    print(f"Ray study of 8 runs: {seconds:.1f} s")
+    got = json.loads((tmp_path / "study" / "results.json").read_text())["rows"]
+    want = json.loads((local / "results.json").read_text())["rows"]
+    assert [r["status"] for r in got] == ["done"] * 8
+    for a, b in zip(got, want):
+        assert {k: v for k, v in a.items() if k not in RAY_SETTLED} == {
+            k: v for k, v in b.items() if k not in RAY_SETTLED}
+    assert (tmp_path / "study" / "report.md").exists()
 
-    fake.remote = remote
-    fake.wait = lambda refs, num_returns: (refs[:num_returns], refs[num_returns:])
-    fake.get = lambda ref: results[ref]
-    monkeypatch.setitem(sys.modules, "ray", fake)
-    from landscape.study.runner import run_study
 
-    study = load_study(write(tmp_path, MINI))
-    counts = run_study(study, tmp_path / "study", backend="ray", workers=3, threads=2)
-    assert counts == {"done": 8} and calls == {"init": 1, "num_cpus": [2], "tasks": 8}
-    monkeypatch.setitem(sys.modules, "ray", None)  # not installed
-    path2 = write(tmp_path / "b", MINI)
-    code, _, err = cli([path2, "--backend", "ray"], capsys)
+def test_ray_backend_not_installed(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # an import of ray fails as if it were not installed
+    code, _, err = cli([write(tmp_path, MINI), "--backend", "ray"], capsys)
     assert code == 2 and err.strip() == ("landscape: error: --backend ray needs Ray: pip install 'landscape[ray]' "
                                          "(or: pip install ray)")
 

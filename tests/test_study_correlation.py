@@ -133,3 +133,97 @@ def test_vectorized_tau_of_the_bootstrap_equals_the_scalar_one(variant):
     want = np.array([kendall_tau(a, b, variant) for a, b in zip(x, y)])
     assert math.isnan(want[0]) != (variant == "a")
     np.testing.assert_allclose(tau_batch(x, y, variant), want, atol=1e-12, equal_nan=True)
+
+
+def plain_bootstrap(values_of, n: int, n_boot: int, seed: int, confidence: float):
+    """Percentile interval of ``values_of(idx)`` over ``n_boot`` resamples ``idx`` of ``range(n)`` drawn with
+    replacement, one resample at a time (rows of ``default_rng(seed).integers(0, n, (n_boot, n))``, the
+    documented seeded draws); undefined values (NaN) are left out."""
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    draws = []
+    for b in range(n_boot):
+        v = values_of(idx[b])
+        if math.isfinite(v):
+            draws.append(v)
+    a = (1 - confidence) / 2
+    return tuple(np.quantile(draws, [a, 1 - a])), np.array(draws)
+
+
+def test_bootstrap_intervals_equal_a_plain_loop_over_resamples():
+    """tau's interval: scipy's tau of each resample of the pairs; psi_i's: the mean of each resample of the
+    axis's slice taus (seed + 1 + i); Psi's: the mean over the axes of the psi_i draws."""
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 6, 13).astype(float)  # ties, an odd count (13 pairs), a NaN pair left out
+    y = x + rng.integers(0, 4, 13)
+    x[4] = np.nan
+
+    def tau_of(i):
+        ok = np.isfinite(x)
+        return float(kendalltau(x[ok][i], y[ok][i]).statistic)
+
+    for confidence, seed in ((0.95, 0), (0.8, 3)):
+        want, _ = plain_bootstrap(tau_of, 12, 400, seed, confidence)
+        assert bootstrap_tau(x, y, n_boot=400, seed=seed, confidence=confidence) == pytest.approx(want, abs=1e-12)
+    # three pairs: a resample repeating one point has no tau and is left out (1 in 9 of them)
+    a3, b3 = np.array([0.0, 1, 2]), np.array([0.0, 2, 1])
+    want, draws = plain_bootstrap(lambda i: kendalltau(a3[i], b3[i]).statistic, 3, 200, 1, 0.9)
+    assert 150 < len(draws) < 200
+    assert bootstrap_tau(a3, b3, n_boot=200, seed=1, confidence=0.9) == pytest.approx(want, abs=1e-12)
+    # psi_i and Psi: a 5 x 3 grid with two seeds; the slice taus by scipy, then the plain-loop resamples
+    grid = [{"a": a, "b": b, "seed": s, "m": float(rng.normal()), "g": float(rng.normal())}
+            for a in range(5) for b in range(3) for s in range(2)]
+    s = measure_stats(grid, "m", "g", ["a", "b"], n_boot=300, seed=11, confidence=0.9)
+    slice_tau = {}
+    for axis, other in (("a", "b"), ("b", "a")):
+        slices = {}
+        for r in grid:
+            slices.setdefault((r[other], r["seed"]), []).append(r)
+        slice_tau[axis] = np.array([kendalltau([r["m"] for r in rs], [r["g"] for r in rs]).statistic
+                                    for rs in slices.values()])
+        assert s.slices[axis] == (len(slices), len(slices))
+    per_axis = []
+    for k, axis in enumerate(["a", "b"]):
+        taus = slice_tau[axis]
+        assert s.psi[axis] == pytest.approx(taus.mean(), abs=1e-12)
+        want, draws = plain_bootstrap(lambda i: taus[i].mean(), len(taus), 300, 11 + 1 + k, 0.9)
+        assert s.psi_ci[axis] == pytest.approx(want, abs=1e-12)
+        per_axis.append(draws)
+    Psi_draws = np.mean(per_axis, axis=0)
+    assert s.Psi_ci == pytest.approx(tuple(np.quantile(Psi_draws, [0.05, 0.95])), abs=1e-12)
+    tau_ci, _ = plain_bootstrap(lambda i: kendalltau(np.array([r["m"] for r in grid])[i],
+                                                     np.array([r["g"] for r in grid])[i]).statistic,
+                                len(grid), 300, 11, 0.9)
+    assert s.tau_ci == pytest.approx(tau_ci, abs=1e-12)
+
+
+def test_measure_stats_passes_the_variant_through_and_reports_scipys_p_value():
+    """Gaps a mutmut run left in this file: the p-value, the tau variant reaching every statistic, the filter's
+    boundary, counts per status, the ranking's tie-break, and the bootstrap's degenerate inputs."""
+    rng = np.random.default_rng(4)
+    rows = [{"a": a, "b": b, "seed": 0, "m": float(rng.integers(0, 3)), "g": float(rng.integers(0, 4))}
+            for a in range(4) for b in range(3)]
+    m, g = [r["m"] for r in rows], [r["g"] for r in rows]
+    for variant in ("b", "c"):
+        s = measure_stats(rows, "m", "g", ["a", "b"], n_boot=50, seed=2, variant=variant)
+        want = kendalltau(m, g, variant=variant)
+        assert s.tau == pytest.approx(want.statistic, abs=1e-12) and s.p_value == pytest.approx(want.pvalue, rel=1e-12)
+        assert s.tau_ci == bootstrap_tau(m, g, n_boot=50, seed=2, variant=variant)
+        assert s.psi == pytest.approx(granulated(rows, "m", "g", ["a", "b"], variant=variant)[0], nan_ok=True)
+    a = measure_stats(rows, "m", "g", ["a", "b"], n_boot=50, seed=2, variant="a")
+    assert a.tau == pytest.approx(tau_by_hand(m, g, "a"), abs=1e-12) and math.isnan(a.p_value)  # no test for tau-a
+    assert a.tau != measure_stats(rows, "m", "g", ["a", "b"], n_boot=0).tau  # ties: tau-a != tau-b
+    assert a.tau_ci == bootstrap_tau(m, g, n_boot=50, seed=2, variant="a")
+    assert a.measure == "m" and a.to_dict()["p_value"] != a.to_dict()["p_value"]  # NaN
+    # the train-accuracy filter keeps its boundary; every excluded run is counted
+    kept, excluded = usable([{"status": "done", "train_acc": 0.99}, {"status": "failed"}, {"status": "failed"},
+                             {"status": "done", "train_acc": True}], 0.99)
+    assert len(kept) == 1 and excluded == {"failed": 2, "below_min_train_acc": 1}  # a bool is no accuracy
+    # ranking by Psi: a tie broken by tau, a NaN tau last
+    stats = [{"measure": "x", "tau": float("nan"), "Psi": 0.5}, {"measure": "y", "tau": 0.1, "Psi": 0.5},
+             {"measure": "z", "tau": 0.3, "Psi": 0.5}]
+    assert [s["measure"] for s in rank(stats, "psi")] == ["z", "y", "x"]
+    # degenerate bootstrap inputs: no interval from fewer than two pairs or no draws; one draw is a point
+    assert all(math.isnan(v) for v in bootstrap_tau([1.0], [2.0], n_boot=10) + bootstrap_tau([], [], n_boot=10))
+    assert all(math.isnan(v) for v in bootstrap_tau([1.0, 2.0], [2.0, 3.0], n_boot=0))
+    lo, hi = bootstrap_tau(np.arange(8.0), np.arange(8.0) ** 2, n_boot=1, seed=0)
+    assert lo == hi == 1.0

@@ -24,8 +24,10 @@ from landscape.sharpness.common import Cost, mean_std, per_batch
 @dataclass
 class AverageSharpnessResult:
     """``sharpness``: ``mean_j L(w + e_j) - L(w)`` (mean over mini-batches in per-batch mode); ``stderr``: the
-    Monte-Carlo standard error (full-data mode); ``std``: spread of the perturbed losses (full-data) or of
-    the per-batch values; ``acc`` / ``perturbed_acc``: accuracy at ``w`` and its mean under the noise."""
+    Monte-Carlo standard error ``s / sqrt(n)``, ``s`` the sample standard deviation of the ``n`` perturbed losses
+    (``n - 1`` in its denominator; full-data mode, ``n >= 2``); ``std``: spread of the perturbed losses
+    (full-data, ``n`` in the denominator) or of the per-batch values; ``acc`` / ``perturbed_acc``: accuracy at
+    ``w`` and its mean under the noise."""
 
     rho: float
     sharpness: float
@@ -98,10 +100,10 @@ def average_sharpness(
     if batch_size is None:
         with progress_bar(f"average sharpness rho={rho:g}", samples, progress) as advance:
             base, losses, accs = _average(objective, rho, geometry, samples, distribution, seed, chunk_size, advance)
-        std = float(losses.std())
+        stderr = float(losses.std(ddof=1)) / math.sqrt(samples) if samples > 1 else None
         return AverageSharpnessResult(
             sharpness=float(losses.mean()) - base["loss"], loss=base["loss"], perturbed_loss=float(losses.mean()),
-            std=std, stderr=std / math.sqrt(samples) if samples > 1 else None, work=work.to_dict(),
+            std=float(losses.std()), stderr=stderr, work=work.to_dict(),
             acc=base["acc"], perturbed_acc=None if accs is None else float(accs.mean()), **settings)
 
     rows: list[tuple[float, float]] = []
