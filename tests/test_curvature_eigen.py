@@ -264,3 +264,14 @@ def test_lanczos_warm_start_from_nearby_eigenvectors():
     warm = lanczos(MatrixOperator(B), 4, tol=1e-10, v0=prev.eigenvectors)
     np.testing.assert_allclose(warm.eigenvalues, cold.eigenvalues, rtol=1e-12)
     assert warm.num_matvecs < cold.num_matvecs
+
+
+def test_eigenvalue_rows_show_the_accuracy_and_why_it_stopped():
+    from landscape.curvature.measures import _eig_rows
+
+    r = lanczos(NoisyOperator(spectrum_matrix(decaying_spectrum(), seed=2), 1e-6), 2)
+    rows = dict(_eig_rows({"k": 2, **r.to_dict()}))
+    assert rows["  accuracy (estimated |error|)"].endswith("(reached the HVP's rounding floor)")
+    assert rows["  accuracy (estimated |error|)"].startswith(f"{r.accuracy[0]:.1e}, ")
+    power = power_iteration(MatrixOperator(spectrum_matrix(decaying_spectrum(50))), 1)
+    assert "  accuracy (estimated |error|)" not in dict(_eig_rows({"k": 1, **power.to_dict()}))
