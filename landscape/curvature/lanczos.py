@@ -173,7 +173,7 @@ def lanczos(
     values = theta[idx]
     out = EigenResult(eigenvalues=values, method="lanczos", which=which, converged=converged,
                       num_matvecs=0, num_passes=0, num_iterations=steps, tol=tol, residual_estimates=est,
-                      error_bounds=bound, noise=floor, stopped_by=stopped_by if converged else "max_matvecs")
+                      error_bounds=bound, noise=floor, stopped_by=stopped_by)
     if return_vectors or residuals:
         Y = torch.as_tensor(S[:, idx].T, dtype=basis_dtype, device=Q.device) @ Q[0, :m]
         if residuals:
