@@ -16,6 +16,10 @@ ResNet-20 with BatchNorm. For each:
    reached in the scan, beside our default's HVPs, error and wall time (ratios = anchor / ours), and
    the cheapest of our runs (default or scan) at least as accurate as that setting.
 
+Needs ``pip install hessian-eigenthings==1.0.0a5 curvlinops-for-pytorch==3.0.1`` (and PyHessian, in the
+``test`` extra). curvlinops depends on backpack-for-pytorch, which asks for torchvision: install the
+torchvision that matches your torch first, or pip replaces torch with the newest (CUDA) build.
+
 Each row runs once per start-vector seed (``--seeds``, interleaved so that load drifts hit every row alike):
 HVPs are the mean over seeds, the error the worst seed's, wall time the median; compare within one run only.
 """
