@@ -10,8 +10,9 @@ ResNet-20 with BatchNorm. For each:
 2. Float32 runs, every library's Hessian-vector products counted by wrapping its matvec (each counts
    one full-data HVP per vector): ours (default: precision-aware stopping; ``precision_stop=False``,
    the former rule; a ``tol`` scan), hessian-eigenthings' ``lanczos`` (``max_iter`` scan),
-   curvlinops' ``HessianLinearOperator.to_scipy()`` in ``scipy.sparse.linalg.eigsh`` (``tol`` scan) and
-   PyHessian's power iteration -> HVPs, wall time, max relative error against the reference.
+   curvlinops' ``HessianLinearOperator.to_scipy()`` in ``scipy.sparse.linalg.eigsh`` (``tol`` and ``ncv``
+   scan) and PyHessian's power iteration -> HVPs, wall time, max relative error against the reference.
+   A diagnostic row runs ``eigsh`` on our own product, to tell the product's rounding from the solver's.
 3. Per anchor, its best setting: the cheapest whose error is within 1.5x of the least error that anchor
    reached in the scan, beside our default's HVPs, error and wall time (ratios = anchor / ours), and
    the cheapest of our runs (default or scan) at least as accurate as that setting.
