@@ -7,6 +7,15 @@ A Ritz pair ``(theta_i, y_i = Q_m s_i)`` of ``T_m`` then has the residual
 ``||A y_i - theta_i y_i|| = |beta_m s_{m,i}|`` for free; a wanted pair is
 converged once that is ``<= tol * max(|theta_i|, sqrt(eps) * max|theta|)``.
 
+Precision-aware stopping: a computed product is ``(A + E) v``, and no iteration resolves an
+eigenvalue better than ``E`` does. ``E``'s size is estimated for free from the symmetry defects
+``q_i . A q_j - q_j . A q_i`` of the Lanczos vectors (:class:`NoiseFloor`); the floor of eigenvalue
+``i`` is ``noise_i = max(sigma, eps * |theta_i|)`` (``eps`` of the operator's dtype). The run also
+stops once every wanted Ritz value's error bound ``min(r_i, r_i^2 / gap_i)`` (with vectors requested:
+its residual ``r_i``) is below its floor, and reports ``accuracy_i = bound_i + noise_i`` next to each
+eigenvalue. In float32 this ends the iterations that only chase rounding; a float64 operator's floor
+(``~1e-16 |theta|``) keeps its eigenvalues converging to machine precision.
+
 Every new vector is orthogonalized twice against the whole basis (classical
 Gram-Schmidt, "twice is enough") in ``basis_dtype`` (float64 by default, even
 when the operator runs in float32) and ``T`` is filled with the computed
@@ -26,6 +35,7 @@ from landscape.curvature.operators import LinearOperator, Work, as_operator
 from landscape.progress import progress_bar
 
 WHICH = ("largest", "smallest", "both")
+MIN_NOISE_SAMPLES = 3
 
 
 @dataclass
@@ -35,7 +45,9 @@ class EigenResult:
     Order: ``largest`` descending, ``smallest`` ascending, ``both`` the ``k``
     largest descending then the ``k`` smallest ascending; ``power`` in the order found.
     ``residuals`` are true ``||A v - lambda v||`` (``k`` extra products, counted);
-    ``residual_estimates`` are Lanczos' free ``|beta_m s_{m,i}|``.
+    ``residual_estimates`` are Lanczos' free ``|beta_m s_{m,i}|``; ``error_bounds`` the Ritz-value
+    bounds ``min(r_i, r_i^2 / gap_i)`` on them, ``noise`` each eigenvalue's floor from the operator's
+    rounding, ``accuracy`` their sum; ``stopped_by`` is ``tol``, ``noise`` or ``max_matvecs``.
     """
 
     eigenvalues: np.ndarray
@@ -48,7 +60,17 @@ class EigenResult:
     tol: float
     residual_estimates: np.ndarray | None = None
     residuals: np.ndarray | None = None
+    error_bounds: np.ndarray | None = None
+    noise: np.ndarray | None = None
+    stopped_by: str | None = None
     eigenvectors: torch.Tensor | None = field(default=None, repr=False)
+
+    @property
+    def accuracy(self) -> np.ndarray | None:
+        """Estimated absolute error of each eigenvalue: ``error_bounds + noise``."""
+        if self.error_bounds is None:
+            return None
+        return self.error_bounds + (0.0 if self.noise is None else self.noise)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (without eigenvectors)."""
@@ -57,8 +79,9 @@ class EigenResult:
 
         return {"method": self.method, "which": self.which, "eigenvalues": lst(self.eigenvalues),
                 "residuals": lst(self.residuals), "residual_estimates": lst(self.residual_estimates),
-                "converged": self.converged, "tol": self.tol, "matvecs": self.num_matvecs,
-                "passes": self.num_passes, "iterations": self.num_iterations}
+                "accuracy": lst(self.accuracy), "error_bounds": lst(self.error_bounds), "noise": lst(self.noise),
+                "stopped_by": self.stopped_by, "converged": self.converged, "tol": self.tol,
+                "matvecs": self.num_matvecs, "passes": self.num_passes, "iterations": self.num_iterations}
 
 
 def lanczos(
@@ -74,6 +97,8 @@ def lanczos(
     return_vectors: bool = False,
     residuals: bool = False,
     basis_dtype: torch.dtype = torch.float64,
+    precision_stop: bool = True,
+    history: list[dict[str, Any]] | None = None,
     progress: bool = False,
 ) -> EigenResult:
     """The ``k`` extreme eigenvalues of ``op`` (an operator, or an objective = its Hessian).
@@ -81,8 +106,12 @@ def lanczos(
     ``which``: ``largest``/``smallest`` algebraic, or ``both`` (``k`` at each end).
     ``ncv``: Krylov dimension before a restart (default ``2 * wanted + 20``, at most ``P``).
     ``max_matvecs``: cap on products (default ``max(20 * ncv, 500)``); if reached, ``converged`` is False.
-    ``v0``: start vector (default a standard normal draw seeded by ``seed``).
+    ``v0``: start vector (default a standard normal draw seeded by ``seed``); a block ``(r, P)``, e.g.
+    the eigenvectors of a nearby checkpoint, starts from the sum of its normalized rows.
     ``residuals``: also compute the true residuals (``k`` more products, one data pass).
+    ``precision_stop``: also stop when the eigenvalues reach the operator's noise floor (module doc).
+    ``history``: if a list, one dict per step is appended (Ritz values, residual estimates, error
+    bounds, noise floors) for convergence studies.
     """
     op = as_operator(op)
     if which not in WHICH:
@@ -101,12 +130,14 @@ def lanczos(
 
     Q = torch.zeros(1, ncv, P, dtype=basis_dtype, device=op.device)
     T = np.zeros((1, ncv, ncv))
-    q = (torch.randn(P, generator=gen, dtype=torch.float64) if v0 is None else v0.detach().double().cpu())
-    Q[0, 0] = (q / q.norm()).to(Q)
-    j, steps, converged = 0, 0, False
+    Q[0, 0] = start_vector(v0, P, gen).to(Q)
+    noise, beta_prev = NoiseFloor(), 0.0
+    j, fresh, steps, converged, stopped_by = 0, 0, 0, False, "max_matvecs"
     with progress_bar(f"Lanczos ({op.name}, top {k} {which})", max_matvecs, progress) as advance:
         while True:
             W, beta = krylov_step(op, Q, T, j)
+            noise.add(T[0, fresh:j, j], beta_prev=beta_prev if j > fresh else None)
+            beta_prev = float(beta[0])
             steps += 1
             m = j + 1
             theta, S = np.linalg.eigh(T[0, :m, :m])
@@ -114,9 +145,18 @@ def lanczos(
             scale = float(np.abs(theta).max())
             est = np.abs(beta[0] * S[m - 1, idx])
             rel = est / np.maximum(np.abs(theta[idx]), max(np.sqrt(eps_op) * scale, np.finfo(float).tiny))
+            bound = eigenvalue_bounds(theta, idx, est)
+            floor = np.maximum(noise.sigma, eps_op * np.abs(theta[idx]))
+            if history is not None:
+                history.append({"matvecs": steps, "eigenvalues": theta[idx].copy(), "residual_estimates": est,
+                                "error_bounds": bound, "noise": floor})
             advance(1, residual=f"{rel.max():.1e}")
             if m >= n_want and bool(np.all(rel <= tol)) or m == P:
-                converged = True
+                converged, stopped_by = True, "tol"
+                break
+            if precision_stop and m >= n_want and noise.ready and bool(np.all(
+                    (est if return_vectors else bound) <= floor)):
+                converged, stopped_by = True, "noise"
                 break
             if steps >= max_matvecs:
                 break
@@ -125,14 +165,15 @@ def lanczos(
                 Q[0, : len(keep)] = torch.as_tensor(S[:, keep].T, dtype=basis_dtype, device=Q.device) @ Q[0, :m]
                 T[:] = 0.0
                 T[0, np.arange(len(keep)), np.arange(len(keep))] = theta[keep]
-                j = len(keep)
+                j = fresh = len(keep)
             else:
                 j = m
             Q[:, j] = next_vector(W, beta, Q[:, :j], np.array([scale]), gen)
 
     values = theta[idx]
     out = EigenResult(eigenvalues=values, method="lanczos", which=which, converged=converged,
-                      num_matvecs=0, num_passes=0, num_iterations=steps, tol=tol, residual_estimates=est)
+                      num_matvecs=0, num_passes=0, num_iterations=steps, tol=tol, residual_estimates=est,
+                      error_bounds=bound, noise=floor, stopped_by=stopped_by)
     if return_vectors or residuals:
         Y = torch.as_tensor(S[:, idx].T, dtype=basis_dtype, device=Q.device) @ Q[0, :m]
         if residuals:
@@ -141,6 +182,61 @@ def lanczos(
             out.eigenvectors = Y
     out.num_matvecs, out.num_passes = work.matvecs, work.passes
     return out
+
+
+class NoiseFloor:
+    """The operator's own rounding level ``sigma``, from symmetry defects that Lanczos gets for free.
+
+    In exact arithmetic ``q_i . A q_j = q_j . A q_i`` for the Lanczos vectors since the last restart;
+    the right side is known without a product (``beta_{j-1}`` for ``i = j - 1``, ``0`` for ``i < j - 1``,
+    because the computed ``A q_i`` lies in ``span(q_0..q_{i+1})``). The computed left side minus it is
+    the defect ``q_i . E q_j - q_j . E q_i`` of the computed product ``A + E``; ``sigma``, the RMS of
+    the defects over ``sqrt 2``, estimates the size of ``q . E q'`` for unit ``q, q'`` (exact for an
+    ``E`` with independent entries), the first-order eigenvalue perturbation ``y . E y``. A symmetric
+    part of ``E`` leaves no defect: the floor also has ``eps * |theta|``.
+    """
+
+    def __init__(self) -> None:
+        self.sum_sq, self.count = 0.0, 0
+
+    def add(self, column: np.ndarray, beta_prev: float | None) -> None:
+        """Column ``j`` of ``T`` over the rows since the restart (empty on its first step)."""
+        if beta_prev is None or len(column) == 0:
+            return
+        d = np.array(column, dtype=float)
+        d[-1] -= beta_prev
+        self.sum_sq += float(d @ d) / 2.0
+        self.count += len(d)
+
+    @property
+    def ready(self) -> bool:
+        return self.count >= MIN_NOISE_SAMPLES
+
+    @property
+    def sigma(self) -> float:
+        return float(np.sqrt(self.sum_sq / self.count)) if self.count else 0.0
+
+
+def eigenvalue_bounds(theta: np.ndarray, idx: np.ndarray, residuals: np.ndarray) -> np.ndarray:
+    """``min(r_i, r_i^2 / gap_i)``: bounds on ``|theta_i - lambda|`` for Ritz values ``theta[idx]`` with
+    residuals ``r_i`` (Bauer-Fike, and Kato-Temple with ``gap_i`` the distance to the nearest other Ritz
+    value, Parlett, *The Symmetric Eigenvalue Problem*, Sec. 11.7)."""
+    if len(theta) < 2:
+        return residuals.copy()
+    gaps = np.array([np.min(np.abs(np.delete(theta, i) - theta[i])) for i in idx])
+    quad = np.divide(residuals**2, gaps, out=np.full_like(residuals, np.inf), where=gaps > 0)
+    return np.minimum(residuals, quad)
+
+
+def start_vector(v0: torch.Tensor | None, P: int, gen: torch.Generator) -> torch.Tensor:
+    """Unit float64 start: ``v0`` (a vector, or the sum of the rows of a block, e.g. a nearby run's Ritz
+    vectors), else a standard normal draw."""
+    if v0 is None:
+        q = torch.randn(P, generator=gen, dtype=torch.float64)
+    else:
+        V = v0.detach().double().cpu().reshape(-1, P)
+        q = (V / V.norm(dim=1, keepdim=True)).sum(0)
+    return q / q.norm()
 
 
 def krylov_step(op: LinearOperator, Q: torch.Tensor, T: np.ndarray, j: int) -> tuple[torch.Tensor, np.ndarray]:

@@ -70,8 +70,8 @@ def _eig_args(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--which", choices=list(WHICH), default="largest",
                    help="largest / smallest algebraic, or both ends [default: largest]")
     g.add_argument("--tol", type=float, default=None,
-                   help=f"Lanczos: relative Ritz residual [default: {LANCZOS_TOL}]; power: relative change "
-                        f"[default: {POWER_TOL}]")
+                   help=f"Lanczos: relative Ritz residual [default: {LANCZOS_TOL}; it also stops once the "
+                        f"eigenvalues reach the HVP's rounding floor]; power: relative change [default: {POWER_TOL}]")
     g.add_argument("--max-iter", type=int, default=None,
                    help=f"Lanczos: most HVPs [default: max(20 * ncv, 500)]; power: iterations per eigenvalue "
                         f"[default: {POWER_MAX_ITER}]")
@@ -97,6 +97,9 @@ def _eig(ctx: AnalysisContext) -> dict[str, Any]:
 
 def _eig_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
     rows = [(f"Hessian eigenvalues ({s['which']}, {s['method']})", _values(s["eigenvalues"]))]
+    if s.get("accuracy") is not None:
+        why = {"noise": "reached the HVP's rounding floor", "tol": "reached --tol"}.get(s.get("stopped_by"), "")
+        rows.append(("  accuracy (estimated |error|)", _values(s["accuracy"], ".1e") + (f"  ({why})" if why else "")))
     if s.get("residuals") is not None:
         rows.append(("  residuals ||Hv - lambda v||", _values(s["residuals"], ".2e")))
     rows.append(_work("HVPs", s, "NOT converged"))
