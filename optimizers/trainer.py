@@ -73,10 +73,7 @@ class Trainer:
     # -- set-up -------------------------------------------------------------------------
     def _setup(self) -> None:
         c = self.config
-        self.device = D.local_device(c.device)
-        D.init_from_env(self.device.type)
-        if self.device.type == "cuda":
-            torch.cuda.set_device(self.device)
+        self.device = D.setup_device(c.device)
         if c.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.data = get_dataset(c.data, **c.data_kwargs)

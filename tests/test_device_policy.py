@@ -1,0 +1,91 @@
+"""Device policy without a GPU: the CUDA calls are mocked (landscape/distributed.py)."""
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import torch
+
+from landscape import distributed as D
+
+
+@pytest.fixture
+def gpus(monkeypatch):
+    """``gpus(n, local_rank)``: pretend ``n`` GPUs are visible to this process, launched as ``local_rank``;
+    ``torch.cuda.set_device`` records its argument (it refuses an unindexed device, like the real one)."""
+    current: list[torch.device] = []
+
+    def set_device(device):
+        device = torch.device(device)
+        if device.index is None:
+            raise ValueError("Expected a torch.device with a specified index or an integer")
+        current.append(device)
+
+    def configure(n: int, local_rank: int | None) -> list[torch.device]:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: n > 0)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: n)
+        monkeypatch.setattr(torch.cuda, "set_device", set_device)
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: current[-1].index if current else 0)
+        if local_rank is None:
+            monkeypatch.delenv("LOCAL_RANK", raising=False)
+        else:
+            monkeypatch.setenv("LOCAL_RANK", str(local_rank))
+        monkeypatch.setenv("WORLD_SIZE", "1")  # no process group is joined
+        return current
+
+    return configure
+
+
+@pytest.mark.parametrize("preference", ["auto", "cuda"])
+def test_rank_gpu_when_several_are_visible(gpus, preference):
+    gpus(4, local_rank=2)
+    assert D.local_device(preference) == torch.device("cuda", 2)
+
+
+@pytest.mark.parametrize("preference", ["auto", "cuda"])
+def test_one_visible_gpu_per_process_is_cuda0(gpus, preference):
+    gpus(1, local_rank=3)  # e.g. SLURM giving each task its own CUDA_VISIBLE_DEVICES
+    assert D.local_device(preference) == torch.device("cuda", 0)
+
+
+def test_explicit_index_and_other_devices_are_kept(gpus):
+    gpus(4, local_rank=2)
+    assert D.local_device("cuda:1") == torch.device("cuda", 1)
+    assert D.local_device("cpu") == torch.device("cpu")
+    assert D.local_device("mps") == torch.device("mps")
+
+
+def test_more_processes_than_gpus_is_a_one_line_error(gpus):
+    gpus(2, local_rank=5)
+    with pytest.raises(ValueError, match="LOCAL_RANK 5 but only 2 GPUs"):
+        D.local_device("cuda")
+
+
+def test_setup_device_makes_the_rank_gpu_current(gpus):
+    current = gpus(2, local_rank=1)
+    assert D.setup_device("cuda") == torch.device("cuda", 1)
+    assert current == [torch.device("cuda", 1)]
+
+
+def test_landscape_commands_set_an_indexed_device(gpus):
+    """``--device cuda`` reached ``torch.cuda.set_device(torch.device("cuda"))``, which raises."""
+    from landscape.cli.landscape_args import setup_device
+
+    current = gpus(1, local_rank=None)
+    assert setup_device(argparse.Namespace(device="cuda")) == torch.device("cuda", 0)
+    assert current == [torch.device("cuda", 0)]
+
+
+def test_accumulation_dtype_is_float32_on_mps_only():
+    assert D.accumulation_dtype("mps") == torch.float32
+    assert D.accumulation_dtype("cpu") == torch.float64
+    assert D.accumulation_dtype(torch.device("cuda", 1)) == torch.float64
+
+
+def test_collective_placement(gpus):
+    gpus(4, local_rank=3)
+    torch.cuda.set_device(torch.device("cuda", 3))
+    assert D.collective_device("cpu", "nccl") == torch.device("cuda", 3)  # nccl takes CUDA tensors only
+    assert D.collective_device("cuda:3", "nccl") == torch.device("cuda", 3)
+    assert D.collective_device("mps", "gloo") == torch.device("cpu")  # gloo takes CPU (or CUDA) tensors
+    assert D.collective_device("cpu", "gloo") == torch.device("cpu")
