@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -37,6 +38,7 @@ from optimizers import build_optimizer
 from optimizers.base import ClosureOptimizer
 from optimizers.closure import StepClosure
 from optimizers.config import TrainConfig
+from optimizers.precision import FULL_PRECISION, resolve_amp
 from optimizers.schedules import lr_factor
 
 RESUME_VERSION = 1
@@ -99,9 +101,11 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["base_lr"] = group["lr"]
             group["min_lr_factor"] = c.min_lr_factor
-        amp = c.amp if c.amp != "auto" else ("bf16" if self.device.type == "cuda" else "none")
-        if amp not in ("none", "bf16", "fp16"):
-            raise ValueError(f"amp must be auto, none, bf16 or fp16, got {c.amp!r}")
+        amp, note = resolve_amp(c.amp, self.device.type, c.optimizer)
+        if note is not None and D.is_main():
+            print(note, file=sys.stderr)
+        if amp == "none" and self.device.type == "cuda" and c.optimizer in FULL_PRECISION:
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # fp16's mantissa
         self.amp = amp
         scaler = None
         if amp == "fp16":
