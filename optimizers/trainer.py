@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -76,7 +77,8 @@ class Trainer:
     def _setup(self) -> None:
         c = self.config
         self.device = D.setup_device(c.device)
-        if c.deterministic:
+        if c.deterministic:  # cuBLAS is deterministic only with a fixed workspace, set before its first call
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.data = get_dataset(c.data, **c.data_kwargs)
         if not isinstance(self.data, DataBundle):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 import pytest
 import torch
@@ -89,3 +90,16 @@ def test_collective_placement(gpus):
     assert D.collective_device("cuda:3", "nccl") == torch.device("cuda", 3)
     assert D.collective_device("mps", "gloo") == torch.device("cpu")  # gloo takes CPU (or CUDA) tensors
     assert D.collective_device("cpu", "gloo") == torch.device("cpu")
+
+
+def test_deterministic_training_fixes_the_cublas_workspace(monkeypatch, tmp_path):
+    """``deterministic=True`` without ``CUBLAS_WORKSPACE_CONFIG`` left cuBLAS nondeterministic on a GPU."""
+    from optimizers.config import TrainConfig
+    from optimizers.trainer import Trainer
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    cfg = TrainConfig(model="tests.fixtures:tiny_mlp", data="tests.fixtures:blobs", steps=1, batch_size=16,
+                      seed=0, eval_batch_size=32, device="cpu", deterministic=True)
+    Trainer(cfg, tmp_path / "r.pt", progress=False)._setup()
+    assert torch.are_deterministic_algorithms_enabled()
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
