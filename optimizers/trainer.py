@@ -166,17 +166,20 @@ class Trainer:
 
     def _save_resume(self, *args: Any) -> None:
         state = self._state(*args)
-        if D.world_size() > 1:  # each rank keeps its own RNG stream
-            state["rng_cpu_by_rank"] = self._gather_rng()
+        if D.world_size() > 1:  # each rank keeps its own RNG streams
+            state["rng_cpu_by_rank"] = self._gather_rng(state["rng_cpu"])
+            if "rng_cuda" in state:
+                state["rng_cuda_by_rank"] = self._gather_rng(state["rng_cuda"])
         if D.is_main():
             atomic_torch_save(state, self.paths["resume"])
         D.barrier()
 
-    def _gather_rng(self) -> list[torch.Tensor]:
+    def _gather_rng(self, mine: torch.Tensor) -> list[torch.Tensor]:
+        """Every rank's ``mine`` (an RNG state), in rank order."""
         import torch.distributed as dist
 
         out: list[Any] = [None] * D.world_size()
-        dist.all_gather_object(out, torch.get_rng_state())
+        dist.all_gather_object(out, mine)
         return out
 
     def _load_resume(self) -> dict[str, Any] | None:
@@ -197,7 +200,8 @@ class Trainer:
         rng = state["rng_cpu"] if "rng_cpu_by_rank" not in state else state["rng_cpu_by_rank"][D.rank()]
         torch.set_rng_state(rng)
         if "rng_cuda" in state and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["rng_cuda"], self.device)
+            cuda = state["rng_cuda"] if "rng_cuda_by_rank" not in state else state["rng_cuda_by_rank"][D.rank()]
+            torch.cuda.set_rng_state(cuda, self.device)
         if "scaler" in state and self.optimizer.scaler is not None:
             self.optimizer.scaler.load_state_dict(state["scaler"])
         return state

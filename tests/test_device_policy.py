@@ -103,3 +103,31 @@ def test_deterministic_training_fixes_the_cublas_workspace(monkeypatch, tmp_path
     Trainer(cfg, tmp_path / "r.pt", progress=False)._setup()
     assert torch.are_deterministic_algorithms_enabled()
     assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+
+
+def test_resume_restores_each_rank_its_own_cuda_rng(monkeypatch, tmp_path):
+    """Two ranks on cuda:0 and cuda:1 (CUDA RNG and the rank gather mocked): rank 0 writes the resume state;
+    rank 1 must get its own CUDA RNG state back from it, not rank 0's."""
+    from optimizers.config import TrainConfig
+    from optimizers.trainer import Trainer
+
+    cfg = TrainConfig(model="tests.fixtures:tiny_mlp", data="tests.fixtures:blobs", steps=1, batch_size=16,
+                      seed=0, eval_batch_size=32, device="cpu")
+    trainer = Trainer(cfg, tmp_path / "r.pt", progress=False)
+    trainer._setup()
+    cuda_states = [torch.full((8,), 10, dtype=torch.uint8), torch.full((8,), 11, dtype=torch.uint8)]
+    restored: list[torch.Tensor] = []
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: cuda_states[torch.device(device).index].clone())
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: restored.append(state))
+    monkeypatch.setattr(D, "world_size", lambda: 2)
+    monkeypatch.setattr(D, "barrier", lambda: None)
+    # all_gather_object from rank 0: its own state, then rank 1's (its CUDA stream is cuda:1's)
+    monkeypatch.setattr(trainer, "_gather_rng", lambda mine: [mine, cuda_states[1] if mine.numel() == 8 else mine])
+    trainer.device = torch.device("cuda", 0)
+    monkeypatch.setattr(D, "rank", lambda: 0)
+    monkeypatch.setattr(D, "is_main", lambda: True)
+    trainer._save_resume(0, 0, 0, [], {})
+    trainer.device = torch.device("cuda", 1)
+    monkeypatch.setattr(D, "rank", lambda: 1)
+    trainer._load_resume()
+    assert len(restored) == 1 and torch.equal(restored[0], cuda_states[1])
