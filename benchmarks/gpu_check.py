@@ -63,10 +63,13 @@ def main() -> int:
         "gnr finite-diff amp=auto": ("gnr", "auto", ["--hvp", "forward"]),
     }
     checks: list[tuple[str, list[str]]] = []
+    expect = {}  # check: what its stderr must say
     for name, (opt, amp, extra) in runs.items():
         ckpt = work / f"{opt}_{amp}.pt"
         checks.append((f"train {name}", py + ["train", "--out", str(ckpt), "--optimizer", opt, "--amp", amp,
                                               *common, *steps, *extra]))
+    if args.device == "cuda":
+        expect["train gnr finite-diff amp=auto"] = "gnr trains in float32"
     ckpt = str(work / "sam_bf16.pt")
     view = ["--device", args.device, "--subset", "256" if small else "1000", "--quiet"]
     checks.append(("analyze", py + ["analyze", ckpt, "--json", str(work / "analysis.json"), "--top-k", "2", *view]))
@@ -84,7 +87,7 @@ def main() -> int:
     for name, cmd in checks:
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        ok = proc.returncode == 0
+        ok = proc.returncode == 0 and expect.get(name, "") in proc.stderr
         results.append((name, ok, time.perf_counter() - t0))
         if not ok:
             print(f"--- {name} failed: {' '.join(cmd)}\n{proc.stderr[-3000:]}", flush=True)

@@ -131,3 +131,22 @@ def test_resume_restores_each_rank_its_own_cuda_rng(monkeypatch, tmp_path):
     monkeypatch.setattr(D, "rank", lambda: 1)
     trainer._load_resume()
     assert len(restored) == 1 and torch.equal(restored[0], cuda_states[1])
+
+
+def test_study_workers_spread_over_the_visible_gpus(monkeypatch):
+    """Every study worker landed on cuda:0; now worker ``i`` sees only GPU ``i mod n``."""
+    import multiprocessing
+
+    from landscape.study.runner import _claim_gpu, visible_gpus
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
+    assert visible_gpus() == ["4", "6"]
+    counter = multiprocessing.get_context("spawn").Value("i", 0)
+    seen = []
+    for _ in range(3):
+        _claim_gpu(counter, ["4", "6"])
+        seen.append(os.environ["CUDA_VISIBLE_DEVICES"])
+    assert seen == ["4", "6", "4"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5")
+    _claim_gpu(counter, ["5"])  # one GPU: left as it is
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "5"
