@@ -54,7 +54,7 @@ def main() -> int:
     data = write_synthetic_cifar(work / "cifar", per_batch=40 if small else 2000, n_test=40 if small else 1000)
     py = [sys.executable, "-m", "landscape"]
     common = ["--model", "resnet20", "--data", "cifar10", "--data-arg", f"root={data}", "--device", args.device,
-              "--batch-size", "32" if small else "128", "--quiet"]
+              "--batch-size", "32" if small else "128", "--quiet", "--restart"]
     steps = ["--steps", "3"] if small else ["--epochs", str(args.epochs)]
     runs = {  # name: (optimizer, amp, extra flags)
         "sgd amp=auto": ("sgd", "auto", []),
@@ -71,10 +71,13 @@ def main() -> int:
     if args.device == "cuda":
         expect["train gnr finite-diff amp=auto"] = "gnr trains in float32"
     ckpt = str(work / "sam_bf16.pt")
-    view = ["--device", args.device, "--subset", "256" if small else "1000", "--quiet"]
-    checks.append(("analyze", py + ["analyze", ckpt, "--json", str(work / "analysis.json"), "--top-k", "2", *view]))
-    checks.append(("plot2d 7x7", py + ["plot2d", ckpt, "--xpoints", "7", "--out", str(work / "surface"),
-                                       "--no-html", *view]))
+    view = ["--device", args.device, "--subset", "32" if small else "1000", "--quiet", "--restart"]
+    light = ["--max-iter", "10"] if small else []
+    checks.append(("analyze", py + ["analyze", ckpt, "--json", str(work / "analysis.json"), "--top-k", "2", *view,
+                                    *light]))
+    side = "3" if small else "7"
+    checks.append((f"plot2d {side}x{side}", py + ["plot2d", ckpt, "--xpoints", side, "--out", str(work / "surface"),
+                                                  "--no-html", *view]))
     if gpus > 1:
         run = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={gpus}", "-m", "landscape"]
         checks.append((f"torchrun x{gpus} train sam bf16", run + ["train", "--out", str(work / "ddp.pt"),
@@ -82,6 +85,8 @@ def main() -> int:
                                                                    *common, *steps]))
         checks.append((f"torchrun x{gpus} analyze", run + ["analyze", ckpt, "--json", str(work / "ddp.json"),
                                                             "--top-k", "2", *view]))
+        checks.append((f"torchrun x{gpus} plot2d", run + ["plot2d", ckpt, "--xpoints", side, "--out",
+                                                           str(work / "ddp_surface"), "--no-html", *view]))
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     results = []
     for name, cmd in checks:
