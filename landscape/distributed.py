@@ -14,8 +14,11 @@ def launched_by_torchrun() -> bool:
 
 
 def init_from_env(device_type: str) -> None:
-    """Join the process group torchrun describes (nccl on CUDA, gloo otherwise); no-op if single."""
+    """Join the process group torchrun describes (nccl on CUDA, from this rank's GPU: :func:`local_gpu_index`;
+    gloo otherwise); no-op if single."""
     if launched_by_torchrun() and not dist.is_initialized():
+        if device_type == "cuda":  # else every rank's communicator sits on cuda:0 ("Duplicate GPU detected")
+            torch.cuda.set_device(local_gpu_index())
         dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
 
 

@@ -17,7 +17,7 @@ def gpus(monkeypatch):
     current: list[torch.device] = []
 
     def set_device(device):
-        device = torch.device(device)
+        device = torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
         if device.index is None:
             raise ValueError("Expected a torch.device with a specified index or an integer")
         current.append(device)
@@ -150,3 +150,16 @@ def test_study_workers_spread_over_the_visible_gpus(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5")
     _claim_gpu(counter, ["5"])  # one GPU: left as it is
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "5"
+
+
+def test_joining_nccl_sets_the_rank_gpu_first(gpus, monkeypatch):
+    """``landscape analyze`` under torchrun joined nccl with every rank on cuda:0 ("Duplicate GPU detected")."""
+    import torch.distributed as dist
+
+    current = gpus(4, local_rank=2)
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    joined = []
+    monkeypatch.setattr(dist, "init_process_group", lambda backend: joined.append((backend, list(current))))
+    D.init_from_env("cuda")
+    assert joined == [("nccl", [torch.device("cuda", 2)])]

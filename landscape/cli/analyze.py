@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
             if getattr(args, flag) < 0:
                 raise ValueError(f"--{flag.replace('_', '-')} must be >= 0, got {getattr(args, flag)}")
     ckpt, model, data = open_from_args(args)
-    D.setup_device(args.device)  # this rank's GPU current before the process group is joined
+    D.init_from_env(D.local_device(args.device).type)
     header = {"checkpoint": {"path": str(ckpt.path), "sha256": file_digest(ckpt.path)},
               "model": {"name": ckpt.model_name, "kwargs": ckpt.model_kwargs},
               "data": {"name": ckpt.data_name, "kwargs": ckpt.data_kwargs}}
