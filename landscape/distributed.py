@@ -14,8 +14,11 @@ def launched_by_torchrun() -> bool:
 
 
 def init_from_env(device_type: str) -> None:
-    """Join the process group torchrun describes (nccl on CUDA, gloo otherwise); no-op if single."""
+    """Join the process group torchrun describes (nccl on CUDA, from this rank's GPU: :func:`local_gpu_index`;
+    gloo otherwise); no-op if single."""
     if launched_by_torchrun() and not dist.is_initialized():
+        if device_type == "cuda":  # else every rank's communicator sits on cuda:0 ("Duplicate GPU detected")
+            torch.cuda.set_device(local_gpu_index())
         dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
 
 
@@ -36,9 +39,15 @@ def is_main() -> bool:
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """In-place sum over ranks (identity when single-process)."""
+    """In-place sum over ranks (identity when single-process), on the device the backend takes."""
     if is_distributed():
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        place = collective_device(t.device, dist.get_backend())
+        if place == t.device:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        else:  # a CPU tensor under nccl, an MPS tensor under gloo: reduce a copy where the backend takes it
+            moved = t.to(place)
+            dist.all_reduce(moved, op=dist.ReduceOp.SUM)
+            t.copy_(moved)
     return t
 
 
@@ -47,15 +56,56 @@ def barrier() -> None:
         dist.barrier()
 
 
+def local_gpu_index() -> int:
+    """This process's GPU among the visible ones: ``LOCAL_RANK`` when several GPUs are visible (torchrun on a
+    multi-GPU node), 0 when one is (a launcher that gives each process its own ``CUDA_VISIBLE_DEVICES``)."""
+    visible = torch.cuda.device_count()
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if visible <= 1:
+        return 0
+    if local >= visible:
+        raise ValueError(f"LOCAL_RANK {local} but only {visible} GPUs are visible: start at most {visible} "
+                         "processes per node (torchrun --nproc-per-node)")
+    return local
+
+
 def local_device(preference: str = "auto") -> torch.device:
-    """``auto``: cuda (this rank's GPU) > mps > cpu; otherwise the named device."""
-    if preference != "auto":
-        return torch.device(preference)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    """``auto``: cuda (this rank's GPU, :func:`local_gpu_index`) > mps > cpu; ``cuda`` without an index: this
+    rank's GPU; otherwise the named device (``cuda:1``, ``cpu``, ``mps``)."""
+    if preference == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_gpu_index())
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(preference)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", local_gpu_index())
+    return device
+
+
+def setup_device(preference: str = "auto") -> torch.device:
+    """This rank's device (:func:`local_device`), made the current CUDA device, and the process group torchrun
+    describes joined (nccl on CUDA: after ``set_device``, so every rank talks from its own GPU)."""
+    device = local_device(preference)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    init_from_env(device.type)
+    return device
+
+
+def accumulation_dtype(device: torch.device | str) -> torch.dtype:
+    """The dtype of sums and statistics on ``device``: float64, except float32 on MPS (it has no float64)."""
+    return torch.float32 if torch.device(device).type == "mps" else torch.float64
+
+
+def collective_device(device: torch.device | str, backend: str) -> torch.device:
+    """Where a tensor on ``device`` must be for a collective of ``backend``: nccl takes tensors on this rank's
+    GPU only, gloo CPU (or CUDA) tensors only."""
+    device = torch.device(device)
+    if backend == "nccl":
+        return device if device.type == "cuda" else torch.device("cuda", torch.cuda.current_device())
+    return device if device.type in ("cpu", "cuda") else torch.device("cpu")
 
 
 @contextlib.contextmanager

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from landscape.distributed import all_reduce_sum, rank, world_size
+from landscape.distributed import accumulation_dtype, all_reduce_sum, rank, world_size
 from landscape.losses import correct_count, loss_fn, target_count
 
 
@@ -30,7 +30,7 @@ def evaluate(
     if sharded and world_size() > 1:
         x, y = x[rank() :: world_size()], y[rank() :: world_size()]
     f = loss_fn(task)
-    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss*count, correct, count
+    sums = torch.zeros(3, dtype=accumulation_dtype(device), device=device)  # loss*count, correct, count
     try:
         for i in range(0, len(x), batch_size):
             xb, yb = x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)

@@ -38,7 +38,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     grad_clip: float | None = None
     accum_steps: int = 1
-    amp: str = "auto"  # auto (bf16 on CUDA, off elsewhere) | none | bf16 | fp16
+    amp: str = "auto"  # auto (bf16 on CUDA, off elsewhere; optimizers.precision) | none | bf16 | fp16
     device: str = "auto"
     seed: int = 0
     checkpoint_every: int = 0  # epochs between trajectory checkpoints (0: none)

@@ -170,11 +170,11 @@ class LETSSAM(FamilyState, SAM):
         # sum_groups lr (grad L_V - grad L_B)^T v, v = g_hat (outer) or g_hat * g_hat * u (diag)
         d_ghat = sum(lr * dot(list(torch._foreach_sub([self._grad(p) for p in ps], gb)), gh)
                      for (lr, gh, ps), gb in zip(ghat, grad_b)) / scale
-        stats = torch.stack([torch.as_tensor(x, dtype=torch.float64).reshape(()).cpu()
+        # float64 on the CPU (MPS has none); all_reduce_sum moves it where the backend takes it
+        stats = torch.stack([torch.as_tensor(x).detach().reshape(()).cpu().double()
                              for x in (loss_v, loss_b, d_ghat, ghat_u)])
         if D.is_distributed():
-            dev = loss_b.device
-            stats = D.all_reduce_sum(stats.to(dev)).cpu() / D.world_size()
+            stats = D.all_reduce_sum(stats) / D.world_size()
         lv, lb, dg, gu = (float(s) for s in stats)
         gap = lv - lb
         rho = self.radius()

@@ -195,7 +195,8 @@ class SAM(ClosureOptimizer):
         if scale is not None and grads:
             if self._first_inf is None:  # one flag for every pass of the step
                 self._first_inf = torch.zeros(1, device=grads[0].device)
-            inv = scale.double().reciprocal().float().to(grads[0].device)
+            wide = scale.double() if scale.device.type != "mps" else scale  # MPS has no float64
+            inv = wide.reciprocal().float().to(grads[0].device)
             torch._amp_foreach_non_finite_check_and_unscale_(grads, self._first_inf, inv)
         return grads
 

@@ -20,6 +20,8 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -38,6 +40,7 @@ from optimizers import build_optimizer
 from optimizers.base import ClosureOptimizer
 from optimizers.closure import StepClosure
 from optimizers.config import TrainConfig
+from optimizers.precision import FULL_PRECISION, resolve_amp
 from optimizers.schedules import lr_factor
 from optimizers.tracker import CurvatureTracker, TrackConfig
 
@@ -83,11 +86,9 @@ class Trainer:
     # -- set-up -------------------------------------------------------------------------
     def _setup(self) -> None:
         c = self.config
-        self.device = D.local_device(c.device)
-        D.init_from_env(self.device.type)
-        if self.device.type == "cuda":
-            torch.cuda.set_device(self.device)
-        if c.deterministic:
+        self.device = D.setup_device(c.device)
+        if c.deterministic:  # cuBLAS is deterministic only with a fixed workspace, set before its first call
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.data = get_dataset(c.data, **c.data_kwargs)
         if not isinstance(self.data, DataBundle):
@@ -112,9 +113,11 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["base_lr"] = group["lr"]
             group["min_lr_factor"] = c.min_lr_factor
-        amp = c.amp if c.amp != "auto" else ("bf16" if self.device.type == "cuda" else "none")
-        if amp not in ("none", "bf16", "fp16"):
-            raise ValueError(f"amp must be auto, none, bf16 or fp16, got {c.amp!r}")
+        amp, note = resolve_amp(c.amp, self.device.type, c.optimizer)
+        if note is not None and D.is_main():
+            print(note, file=sys.stderr)
+        if amp == "none" and self.device.type == "cuda" and c.optimizer in FULL_PRECISION:
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # fp16's mantissa
         self.amp = amp
         scaler = None
         if amp == "fp16":
@@ -182,17 +185,20 @@ class Trainer:
 
     def _save_resume(self, *args: Any) -> None:
         state = self._state(*args)
-        if D.world_size() > 1:  # each rank keeps its own RNG stream
-            state["rng_cpu_by_rank"] = self._gather_rng()
+        if D.world_size() > 1:  # each rank keeps its own RNG streams
+            state["rng_cpu_by_rank"] = self._gather_rng(state["rng_cpu"])
+            if "rng_cuda" in state:
+                state["rng_cuda_by_rank"] = self._gather_rng(state["rng_cuda"])
         if D.is_main():
             atomic_torch_save(state, self.paths["resume"])
         D.barrier()
 
-    def _gather_rng(self) -> list[torch.Tensor]:
+    def _gather_rng(self, mine: torch.Tensor) -> list[torch.Tensor]:
+        """Every rank's ``mine`` (an RNG state), in rank order."""
         import torch.distributed as dist
 
         out: list[Any] = [None] * D.world_size()
-        dist.all_gather_object(out, torch.get_rng_state())
+        dist.all_gather_object(out, mine)
         return out
 
     def _load_resume(self) -> dict[str, Any] | None:
@@ -213,7 +219,8 @@ class Trainer:
         rng = state["rng_cpu"] if "rng_cpu_by_rank" not in state else state["rng_cpu_by_rank"][D.rank()]
         torch.set_rng_state(rng)
         if "rng_cuda" in state and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["rng_cuda"], self.device)
+            cuda = state["rng_cuda"] if "rng_cuda_by_rank" not in state else state["rng_cuda_by_rank"][D.rank()]
+            torch.cuda.set_rng_state(cuda, self.device)
         if "scaler" in state and self.optimizer.scaler is not None:
             self.optimizer.scaler.load_state_dict(state["scaler"])
         return state

@@ -103,11 +103,7 @@ def setup_device(args: argparse.Namespace) -> torch.device:
     """Join torchrun's process group if launched by it; this rank's device."""
     from landscape import distributed as D
 
-    device = D.local_device(args.device)
-    D.init_from_env(device.type)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    return device
+    return D.setup_device(args.device)
 
 
 def objectives(model: Any, data: Any, args: argparse.Namespace, device: torch.device,

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from landscape.curvature.lanczos import EigenResult, lanczos
+from landscape.distributed import accumulation_dtype
 from landscape.objective import Objective
 
 METHODS = ("lanczos", "gram")
@@ -70,11 +71,13 @@ def fisher_gram(objective: Objective, k: int = 50, *, max_memory: int = 1 << 31)
     for G in objective.group_gradients(1):
         J[row:row + len(G)] = G
         row += len(G)
-    K = torch.zeros(N, N, dtype=torch.float64, device=J.device)
+    acc = accumulation_dtype(J.device)  # float64, float32 on MPS
+    K = torch.zeros(N, N, dtype=acc, device=J.device)
     step = max(1, (1 << 24) // N)  # parameter columns per float64 block (128 MiB)
     for start in range(0, P, step):
-        block = J[:, start:start + step].double()
+        block = J[:, start:start + step].to(acc)
         K.addmm_(block, block.T)
+    K = K if acc == torch.float64 else K.cpu().double()  # the eigensolve in float64
     top = torch.linalg.eigvalsh(K / N).flip(0)[:k].clamp_min(0.0)  # PSD: clamp round-off below 0
     eig = np.zeros(k)
     eig[:len(top)] = top.cpu().numpy()

@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import torch
 
+from landscape.distributed import accumulation_dtype
 from landscape.objective import Objective
 
 
@@ -65,14 +66,15 @@ def gradient_norms(objective: Objective, *, batch_size: int | None = None,
     the order of their first parameter."""
     names = [parameter_group(n, by) for n in objective.names]
     groups = list(dict.fromkeys(names))
-    member = torch.zeros(len(names), len(groups) + 1, dtype=torch.float64, device=objective.device)
+    acc = accumulation_dtype(objective.device)  # float64, float32 on MPS
+    member = torch.zeros(len(names), len(groups) + 1, dtype=acc, device=objective.device)
     for i, n in enumerate(names):
         member[i, groups.index(n)] = 1.0
     member[:, -1] = 1.0  # last column: the whole vector
-    numel = torch.tensor(objective.sizes, dtype=torch.float64, device=objective.device) @ member
+    numel = torch.tensor(objective.sizes, dtype=acc, device=objective.device) @ member
 
     def group_norms(G: torch.Tensor) -> torch.Tensor:  # (c, P) -> (c, groups + 1)
-        sq = torch.stack([t.double().pow(2).sum(1) for t in G.split(objective.sizes, dim=1)], dim=1)
+        sq = torch.stack([t.to(acc).pow(2).sum(1) for t in G.split(objective.sizes, dim=1)], dim=1)
         return (sq @ member).sqrt()
 
     if batch_size is None:
@@ -80,7 +82,7 @@ def gradient_norms(objective: Objective, *, batch_size: int | None = None,
     else:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        sums = torch.zeros(len(groups) + 2, dtype=torch.float64, device=objective.device)
+        sums = torch.zeros(len(groups) + 2, dtype=acc, device=objective.device)
         for G in objective.group_gradients(batch_size, w):
             sums[:-1] += group_norms(G).sum(0)
             sums[-1] += len(G)

@@ -237,11 +237,13 @@ def compute_surface(
     flat_done = surface.done.reshape(-1)
     chunks = [(i, min(i + chunk, n_points)) for i in range(0, n_points, chunk)]
     pending = [c for c in chunks if not flat_done[c[0]:c[1]].all()]
-    base = first.w0.detach().to(first.device, torch.float64)
-    dirs = directions.vectors.to(first.device)
+    # Points are formed in float64: on the device, or on the CPU where the device has no float64 (MPS).
+    forming = first.device if D.accumulation_dtype(first.device) == torch.float64 else torch.device("cpu")
+    base = first.w0.detach().to(forming, torch.float64)
+    dirs = directions.vectors.to(forming)
 
     def evaluate(lo: int, hi: int) -> np.ndarray:
-        W = grid_points(base, dirs, grid[lo:hi], first.dtype)
+        W = grid_points(base, dirs, grid[lo:hi], first.dtype).to(first.device)
         out = np.full((hi - lo, len(metric_names)), np.nan)
         rows = range(hi - lo) if bn == "recompute" else [None]
         for r in rows:
@@ -280,7 +282,7 @@ def compute_surface(
                     lo, hi = round_chunks[me]
                     box[me, :hi - lo] = torch.from_numpy(evaluate(lo, hi))
                 if world > 1:
-                    box = D.all_reduce_sum(box.to(first.device)).cpu()
+                    box = D.all_reduce_sum(box)  # float64 on the CPU, moved where the backend takes it
                 for k, (lo, hi) in enumerate(round_chunks):
                     for col, name in enumerate(metric_names):
                         surface.values[name].reshape(-1)[lo:hi] = box[k, :hi - lo, col].numpy()
@@ -312,7 +314,7 @@ def grid_points(w0: torch.Tensor, directions: torch.Tensor, coords: np.ndarray, 
 
 def _broadcast_int(value: int, device: torch.device) -> int:
     """Rank 0's ``value`` on every rank."""
-    t = torch.tensor([float(value) if D.is_main() else 0.0], dtype=torch.float64, device=device)
+    t = torch.tensor([float(value) if D.is_main() else 0.0], dtype=D.accumulation_dtype(device), device=device)
     return int(D.all_reduce_sum(t).item())
 
 

@@ -160,8 +160,29 @@ def _analyze(run: Run, folder: Path, name: str, options: dict[str, Any]) -> dict
 
 
 # ---------------------------------------------------------------------------- backends
-def _worker_init(threads: int | None) -> None:
-    """Pool worker: die with the parent (Linux), and use ``threads`` torch threads."""
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as ``CUDA_VISIBLE_DEVICES`` entries (its own list if set)."""
+    given = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if given is not None:
+        return [g.strip() for g in given.split(",") if g.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def _claim_gpu(counter: Any, gpus: Sequence[str]) -> None:
+    """With several ``gpus``: this worker sees only ``gpus[i % len(gpus)]``, ``i`` its place in ``counter``."""
+    if counter is not None and len(gpus) > 1:
+        with counter.get_lock():
+            index = counter.value
+            counter.value += 1
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]  # before CUDA starts in this process
+
+
+def _worker_init(threads: int | None, counter: Any = None, gpus: Sequence[str] = ()) -> None:
+    """Pool worker: die with the parent (Linux), use ``threads`` torch threads and, with several GPUs, see
+    only the next one round-robin (worker ``i`` gets ``gpus[i % len(gpus)]``, as its ``cuda:0``)."""
+    _claim_gpu(counter, gpus)
     try:
         import ctypes
         import signal
@@ -190,8 +211,9 @@ def run_local(runs: Sequence[Run], study_dir: Path, passes: dict, *, workers: in
         return
     import multiprocessing
 
-    ex = ProcessPoolExecutor(max_workers=min(workers, len(runs)), mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_worker_init, initargs=(threads,))
+    ctx = multiprocessing.get_context("spawn")
+    ex = ProcessPoolExecutor(max_workers=min(workers, len(runs)), mp_context=ctx, initializer=_worker_init,
+                             initargs=(threads, ctx.Value("i", 0), visible_gpus()))  # workers spread over GPUs
     try:
         futures: dict[Future, Run] = {ex.submit(execute_run, run, study_dir, passes, None): run for run in runs}
         pending = set(futures)

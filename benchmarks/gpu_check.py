@@ -1,0 +1,107 @@
+"""The GPU check: run the device paths for real on one GPU (and torchrun on every visible GPU) in a few minutes.
+
+Trains a small ResNet-20 on CIFAR-shaped synthetic data (written as CIFAR-10 python batches, class-dependent
+colour shifts so accuracy can rise) with AMP (bf16 SAM, fp16 SAM with the loss scaler, ``--amp auto`` for
+SGD and finite-difference GNR), runs ``landscape analyze`` on the checkpoint, draws a small 2-D surface and,
+with several GPUs, repeats training and analysis under ``torchrun``; prints a pass/fail table.
+Without a CUDA GPU it says so and exits 0.
+
+    python benchmarks/gpu_check.py [--workdir DIR] [--epochs 2]
+    python benchmarks/gpu_check.py --device cpu   # a dry run of the same commands on the CPU (tiny sizes)
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def write_synthetic_cifar(root: Path, per_batch: int, n_test: int, seed: int = 0) -> Path:
+    """``data_batch_1..5`` and ``test_batch`` (CIFAR-10 python format): noise images plus a colour shift per class."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    shift = rng.integers(-60, 60, (10, 3))
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        n = n_test if name == "test_batch" else per_batch
+        labels = rng.integers(0, 10, n)
+        x = rng.normal(128, 40, (n, 3, 32 * 32)) + shift[labels][:, :, None]
+        data = np.clip(x, 0, 255).astype(np.uint8).reshape(n, -1)
+        (root / name).write_bytes(pickle.dumps({"data": data, "labels": [int(v) for v in labels]}, protocol=2))
+    return root
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--workdir", type=Path, default=None, help="where data and checkpoints go [default: a temp dir]")
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--device", default="cuda", help="cuda (the check) or cpu (a dry run of the commands)")
+    args = ap.parse_args()
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("gpu_check: no CUDA GPU visible; skipped (run it on a machine with one)")
+        return 0
+    gpus = torch.cuda.device_count() if args.device == "cuda" else 0
+    small = args.device == "cpu"
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="gpu_check_"))
+    data = write_synthetic_cifar(work / "cifar", per_batch=40 if small else 2000, n_test=40 if small else 1000)
+    py = [sys.executable, "-m", "landscape"]
+    common = ["--model", "resnet20", "--data", "cifar10", "--data-arg", f"root={data}", "--device", args.device,
+              "--batch-size", "32" if small else "128", "--quiet", "--restart"]
+    steps = ["--steps", "3"] if small else ["--epochs", str(args.epochs)]
+    runs = {  # name: (optimizer, amp, extra flags)
+        "sgd amp=auto": ("sgd", "auto", []),
+        "sam bf16": ("sam", "bf16", []),
+        "sam fp16 (scaler)": ("sam", "fp16", []),
+        "gnr finite-diff amp=auto": ("gnr", "auto", ["--hvp", "forward"]),
+    }
+    checks: list[tuple[str, list[str]]] = []
+    expect = {}  # check: what its stderr must say
+    for name, (opt, amp, extra) in runs.items():
+        ckpt = work / f"{opt}_{amp}.pt"
+        checks.append((f"train {name}", py + ["train", "--out", str(ckpt), "--optimizer", opt, "--amp", amp,
+                                              *common, *steps, *extra]))
+    if args.device == "cuda":
+        expect["train gnr finite-diff amp=auto"] = "gnr trains in float32"
+    ckpt = str(work / "sam_bf16.pt")
+    view = ["--device", args.device, "--subset", "32" if small else "1000", "--quiet", "--restart"]
+    light = ["--max-iter", "10"] if small else []
+    checks.append(("analyze", py + ["analyze", ckpt, "--json", str(work / "analysis.json"), "--top-k", "2", *view,
+                                    *light]))
+    side = "3" if small else "7"
+    checks.append((f"plot2d {side}x{side}", py + ["plot2d", ckpt, "--xpoints", side, "--out", str(work / "surface"),
+                                                  "--no-html", *view]))
+    if gpus > 1:
+        run = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={gpus}", "-m", "landscape"]
+        checks.append((f"torchrun x{gpus} train sam bf16", run + ["train", "--out", str(work / "ddp.pt"),
+                                                                   "--optimizer", "sam", "--amp", "bf16",
+                                                                   *common, *steps]))
+        checks.append((f"torchrun x{gpus} analyze", run + ["analyze", ckpt, "--json", str(work / "ddp.json"),
+                                                            "--top-k", "2", *view]))
+        checks.append((f"torchrun x{gpus} plot2d", run + ["plot2d", ckpt, "--xpoints", side, "--out",
+                                                           str(work / "ddp_surface"), "--no-html", *view]))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    results = []
+    for name, cmd in checks:
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        ok = proc.returncode == 0 and expect.get(name, "") in proc.stderr
+        results.append((name, ok, time.perf_counter() - t0))
+        if not ok:
+            print(f"--- {name} failed: {' '.join(cmd)}\n{proc.stderr[-3000:]}", flush=True)
+    device = torch.cuda.get_device_name(0) if gpus else "cpu (dry run)"
+    print(f"\ngpu_check on {device}, {max(gpus, 1)} device(s), work dir {work}")
+    for name, ok, secs in results:
+        print(f"  {'PASS' if ok else 'FAIL'}  {name:<36} {secs:7.1f} s")
+    return 0 if all(ok for _, ok, _ in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
