@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import weakref
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -225,3 +226,26 @@ def test_cached_block_products_batched_or_looped_agree(data):
     assert obj._mode_chosen["cached"] == "loop"
     assert torch.equal(first, Objective(conv, *obj.source.data).hvp(torch.ones(2, obj.num_params,
                                                                                 dtype=torch.float64)))
+
+
+def test_out_of_memory_halves_the_chunk(data, monkeypatch):
+    """An injected out-of-memory error for chunks of more than 3 points: evaluate_many halves the chunk
+    (16 -> 8 -> 4 -> 2), keeps 2 from then on, and gives the same numbers; the chunk race stops below it."""
+    x, y = data
+    obj = Objective(bn_net(), x, y, batch_size=16)
+    W = obj.params() + 0.1 * torch.randn(7, obj.num_params, dtype=torch.float64, generator=torch.Generator())
+    ref = np.array([obj.loss(w) for w in W])
+    real = Objective._evaluate_chunk
+
+    def limited(self, chunk, *args, **kwargs):
+        if len(chunk) > 3:
+            raise torch.OutOfMemoryError("injected")
+        return real(self, chunk, *args, **kwargs)
+
+    monkeypatch.setattr(Objective, "_evaluate_chunk", limited)
+    with pytest.warns(UserWarning, match="out of memory with 7 points per pass"):
+        got = obj.evaluate_many(W, chunk_size=16)["loss"]
+    np.testing.assert_allclose(got, ref, rtol=1e-13)
+    assert obj._chunk_cap == 2
+    fresh = Objective(bn_net(), x, y, batch_size=16)
+    assert fresh.auto_chunk_size() == 1  # 4 points raise: the race stops at 1

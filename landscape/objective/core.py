@@ -156,6 +156,7 @@ class Objective:
             bool(torch.isfinite(t).all()) for t in (self.w0, *self._fixed.values()) if t.is_floating_point())
         self._vmap_points = True
         self._auto_chunk: int | None = None
+        self._chunk_cap: int | None = None  # set when a chunk ran out of memory
         self.counts: Counter[str] = Counter()
         """Work done so far: ``hessian``/``ggn``/``fisher`` (matrix-vector products against the
         full data, a block of k counts k), ``grad``, ``loss``, and ``passes`` (data passes)."""
@@ -385,7 +386,7 @@ class Objective:
         with torch.no_grad(), eval_mode(self.model):
             for i, batch in self.source.batches():
                 for chunk, out in zip(W.split(chunk_size), sums.split(chunk_size)):
-                    out += self._evaluate_chunk(chunk, batch, i, buffers)
+                    out += self._evaluate_fitting(chunk, batch, i, buffers)
                 rows += num_rows(batch)
         self.counts["passes"] += 1
         self.counts["loss"] += len(W)
@@ -396,6 +397,24 @@ class Objective:
         self.reduce_sum(sums)
         acc = None if float(sums[0, 3]) == 0 else (sums[:, 2] / sums[:, 3]).cpu().numpy()
         return {"loss": (sums[:, 0] / sums[:, 1]).cpu().numpy(), "acc": acc}
+
+    def _evaluate_fitting(self, chunk: torch.Tensor, batch: Any, index: int,
+                          buffers: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """:meth:`_evaluate_chunk`, halving a chunk that runs out of device memory (down to one point, which
+        then raises); the smaller size is kept for the rest of this objective's evaluations."""
+        if self._chunk_cap is not None and len(chunk) > self._chunk_cap:
+            return torch.cat([self._evaluate_fitting(c, batch, index, buffers) for c in chunk.split(self._chunk_cap)])
+        try:
+            return self._evaluate_chunk(chunk, batch, index, buffers)
+        except torch.OutOfMemoryError:
+            if len(chunk) == 1:
+                raise
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            self._chunk_cap = (len(chunk) + 1) // 2
+            warnings.warn(f"out of memory with {len(chunk)} points per pass: {self._chunk_cap} from now on",
+                          stacklevel=4)
+            return self._evaluate_fitting(chunk, batch, index, buffers)
 
     def _evaluate_chunk(self, chunk: torch.Tensor, batch: Any, index: int,
                         buffers: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
@@ -461,7 +480,12 @@ class Objective:
             for c in (4, 16, 64, 256):
                 if c > cap or not self._vmap_points:
                     break
-                t = per_point_time(c)
+                try:
+                    t = per_point_time(c)
+                except torch.OutOfMemoryError:  # the activations estimate was short: stop at the last that fit
+                    if self.device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    break
                 if t > 0.9 * fastest:
                     break
                 best, fastest = c, t
