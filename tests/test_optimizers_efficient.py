@@ -192,3 +192,29 @@ def test_batchnorm_moves_once_for_every_method():
         assert int(model[1].num_batches_tracked) == 1, name
         assert torch.equal(model[1].running_mean, ref[1].running_mean), name
         assert opt._saved is None
+
+
+def test_looksam_keeps_the_last_finite_g_v_after_an_overflowed_sam_pass():
+    """An fp16 overflow on a SAM step's second pass (injected: inf gradients) must not store a NaN g_v: the
+    scaler skips that step, and the k - 1 reuse steps after it use the last finite g_v."""
+    model, x, y = toy(0)
+    opt = build_optimizer("looksam", model.parameters(), base_kwargs=dict(BASE), k=2)
+    c = closure_for(model, x, y)
+    state = {"step": 0}
+
+    def overflowing(update_bn=True):
+        loss = c(update_bn=update_bn)
+        if state["step"] == 2 and not update_bn:  # the perturbed pass of the second SAM step
+            for p in model.parameters():
+                p.grad.fill_(math.inf)
+        return loss
+
+    for step in range(2):
+        state["step"] = step
+        opt.step(overflowing)
+    kept = {p: opt.state[p]["g_v"].clone() for p in model.parameters()}
+    assert all(torch.isfinite(v).all() for v in kept.values())
+    state["step"] = 2
+    opt.step(overflowing)
+    for p in model.parameters():
+        assert torch.equal(opt.state[p]["g_v"], kept[p])
