@@ -168,17 +168,17 @@ def test_report_renders_in_headless_chromium(compared, ckpts, tmp_path, page):
 
     if page == "compare":
         html = Path(f"{compared[1]}.html")
-        figures = 8  # eigenvalues, density, gradient norms, 1-D, train/test contours, 3-D, interpolation
+        figures = 9  # eigenvalues, density, gradient norms, ascents, 1-D, train/test contours, 3-D, interpolation
     else:
         html = tmp_path / "one.html"
         _main(["analyze", ckpts[0], *ENTRY, "--html", html, "--top-k", "2", "--trace-samples", "10",
                "--density-runs", "1", "--density-steps", "10", "--landscape-points", "5",
                "--landscape-curve-points", "7", "--quiet"])
-        figures = 5  # eigenvalues, density, gradient norms, 1-D, 3-D + contour
+        figures = 6  # eigenvalues, density, gradient norms, worst-case ascents, 1-D, 3-D + contour
     dom = dump_dom(html, tmp_path, budget_ms=15000)
     assert dom.count('class="plot-container plotly"') == figures  # every figure drawn by the one plotly.js
     for heading in ("Overview", "Measures", "Top Hessian eigenvalues", "Hessian spectral density",
-                    "Gradient norms per layer", "1-D loss landscape", "2-D loss landscape"):
+                    "Gradient norms per layer", "Worst-case ascents", "1-D loss landscape", "2-D loss landscape"):
         assert f">{heading}</h2>" in dom, heading
     assert "Hessian spectral density (stochastic Lanczos quadrature)" in dom  # a figure title drawn as SVG text
     if page == "analyze":
