@@ -121,7 +121,7 @@ class Objective:
         self.dtype = dtype if dtype is not None else first.dtype
         self.batch_size, self.max_block = int(batch_size), int(max_block)
         self.hvp_mode = hvp_mode
-        self._mode_chosen: dict[bool, str] = {}
+        self._mode_chosen: dict[bool | str, str] = {}  # HVP mode per block kind; "cached": loop or batched
         self.cache_graph, self.graph_memory = cache_graph, graph_memory
         self._graphs: dict[int, tuple[torch.Tensor, torch.Tensor, Any]] = {}
         self._graph_bytes = 0
