@@ -249,3 +249,18 @@ def test_out_of_memory_halves_the_chunk(data, monkeypatch):
     assert obj._chunk_cap == 2
     fresh = Objective(bn_net(), x, y, batch_size=16)
     assert fresh.auto_chunk_size() == 1  # 4 points raise: the race stops at 1
+
+
+def test_a_fisher_pass_first_leaves_the_loss_count_to_the_loss(data):
+    """The empirical Fisher divides by rows; its pass must not be taken for the loss's total count (here two
+    targets per row)."""
+    x, y = data
+    net = bn_net(seed=7)
+
+    def doubled(model, batch):  # every row counts as two targets: the mean loss is half the row mean
+        return F.cross_entropy(model(batch[0]), batch[1], reduction="none"), 2 * len(batch[1])
+
+    obj = Objective(net, [(x[i:i + 9], y[i:i + 9]) for i in range(0, 50, 9)], loss=doubled)
+    obj.fvp(obj.params())
+    assert obj.total_count == 100 and obj.num_samples == 50
+    assert obj.loss() == pytest.approx(Objective(net, x, y).loss() / 2, rel=1e-13)

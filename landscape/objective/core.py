@@ -271,14 +271,17 @@ class Objective:
         """The full ``functional_call`` state at ``w``: fixed parameters, buffers (``buffers`` replace
         the model's), the selected parameters as views of ``w``. Tensors passed in are used as they are
         (a train-mode BatchNorm updates the given buffers in place)."""
-        return {**self._fixed, **(buffers or {}), **self.unflatten(self._point(w))}
+        return self._state(self._point(w), buffers)
+
+    def _state(self, w: torch.Tensor, buffers: Mapping[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+        return {**self._fixed, **(buffers or {}), **self.unflatten(w)}
 
     def call(self, fn: Callable[..., Any], w: torch.Tensor, *args: Any,
              buffers: Mapping[str, torch.Tensor] | None = None, state: Mapping[str, torch.Tensor] | None = None) -> Any:
         """``fn(model, *args)`` with the model's parameters at ``w`` (a functional call: the module is not
         touched; differentiable in ``w``); ``state`` replaces the whole state."""
         if state is None:
-            state = {**self._fixed, **(buffers or {}), **self.unflatten(w)}
+            state = self._state(w, buffers)  # w as given: a leaf with requires_grad stays one
         return functional_call(self._bound, {f"model.{k}": v for k, v in state.items()}, (fn, *args))
 
     def value(self, w: torch.Tensor, batch: Any, index: int = 0,
@@ -319,7 +322,8 @@ class Objective:
     def _pass(self, per_batch: Callable[[int, Any], tuple[torch.Tensor, Any]], weight: str = "count",
               use_graphs: bool = False) -> torch.Tensor:
         """``sum_b r_b / sum_b n_b`` over all ranks' micro-batches (one data pass), where ``per_batch(i,
-        batch) -> (r_b, n_b)``; ``weight="rows"`` divides by the rows instead (``n_b`` then counts rows)."""
+        batch) -> (r_b, n_b)``: ``n_b`` the loss's count of targets (``weight="count"``), or the batch's rows
+        (``"rows"``, the empirical Fisher), which then say nothing of the total count."""
         total: torch.Tensor | None = None
         count, rows = 0.0, 0
         with eval_mode(self.model):
@@ -327,15 +331,13 @@ class Objective:
                 r, n = per_batch(i, batch)
                 total = r if total is None else total + r
                 count = count + n
-                if batch is not None:
-                    rows += num_rows(batch)
+                rows += 0 if batch is None else num_rows(batch)  # None: a cached graph, no data read
         if total is None:
             raise DataError("the data source gave no batch")
         self.counts["passes"] += 1
-        if not self._validated:
-            self._validated = True
-            if self._stats is None:
-                self._stats = self._reduce_stats(rows, float(count))
+        self._validated = True
+        if self._stats is None and weight == "count" and rows:
+            self._stats = self._reduce_stats(rows, float(count))
         denominator = self._count_total(count)
         total = self.reduce_sum(total.contiguous())
         return total / denominator
@@ -390,10 +392,9 @@ class Objective:
                 rows += num_rows(batch)
         self.counts["passes"] += 1
         self.counts["loss"] += len(W)
-        if not self._validated:
-            self._validated = True
-            if self._stats is None:
-                self._stats = self._reduce_stats(rows, float(sums[0, 1]))
+        self._validated = True
+        if self._stats is None:
+            self._stats = self._reduce_stats(rows, float(sums[0, 1]))
         self.reduce_sum(sums)
         acc = None if float(sums[0, 3]) == 0 else (sums[:, 2] / sums[:, 3]).cpu().numpy()
         return {"loss": (sums[:, 0] / sums[:, 1]).cpu().numpy(), "acc": acc}
