@@ -41,7 +41,7 @@ from torch.func import functional_call, grad as func_grad, vmap
 from landscape.curvature.operators import CurvatureOperator
 from landscape.distributed import all_reduce_sum, rank, world_size
 from landscape.objective import products
-from landscape.objective.batches import group_rows, num_rows, row_dims
+from landscape.objective.batches import group_rows, num_rows, row_dims, take_rows
 from landscape.objective.loss import Loss, LossError, LossValue, TaskLoss, as_loss, check_value
 from landscape.objective.parameters import ParamSpec, eval_mode, select_parameters
 from landscape.objective.sources import DataError, StreamSource, TensorSource, is_in_memory, subset_indices
@@ -559,7 +559,9 @@ class Objective:
                         raise
                     except Exception:  # noqa: BLE001 - vmap cannot batch this model: group by group
                         self._vmap_points = False
-                yield torch.stack([g(w, part) for part, _ in _split_groups(block, k, group_size)])
+                n = num_rows(block)
+                yield torch.stack([g(w, take_rows(block, slice(j * group_size, (j + 1) * group_size), n))
+                                   for j in range(k)])
         self.counts["passes"] += 1
 
     def minibatches(self, size: int, *, limit: int | None = None, seed: int = 0) -> list["Objective"]:
@@ -727,14 +729,6 @@ class Objective:
     def operator(self, kind: str, w: torch.Tensor | None = None) -> CurvatureOperator:
         """The ``kind`` (``hessian``, ``ggn``, ``fisher``) at ``w`` (default ``w0``) as a linear operator."""
         return CurvatureOperator(self, kind, w)
-
-
-def _split_groups(block: Any, k: int, size: int) -> Iterator[tuple[Any, int]]:
-    from landscape.objective.batches import take_rows
-
-    n = num_rows(block)
-    for j in range(k):
-        yield take_rows(block, slice(j * size, (j + 1) * size), n), j
 
 
 def _free_memory(device: torch.device) -> int:
