@@ -79,6 +79,9 @@ class ClosureOptimizer(Optimizer):
             raise RuntimeError(f"{type(self).__name__}.step needs a closure")
         loss = self.compute_gradients(closure)
         self.apply_update()
+        sync_buffers = getattr(closure, "sync_buffers", None)  # BatchNorm statistics: rank 0's on every replica
+        if sync_buffers is not None:
+            sync_buffers()
         return loss
 
     def all_reduce_grads(self, closure: Callable[..., torch.Tensor]) -> None:

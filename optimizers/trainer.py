@@ -101,8 +101,7 @@ class Trainer:
         torch.manual_seed(c.seed * 7919 + 104729 * (D.rank() + 1))
         forward_model: nn.Module = self.model
         if D.is_distributed():
-            forward_model = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            forward_model = D.wrap_ddp(self.model, self.device)
         if c.compile:
             forward_model = torch.compile(forward_model)
         base = self.config.base
