@@ -175,7 +175,7 @@ class LETSSAM(FamilyState, SAM):
                              for x in (loss_v, loss_b, d_ghat, ghat_u)])
         if D.is_distributed():
             stats = D.all_reduce_sum(stats) / D.world_size()
-        lv, lb, dg, gu = (float(s) for s in stats)
+        lv, lb, dg, gu = stats.tolist()  # the one host read of a LETS step: beta lives on the host
         gap = lv - lb
         rho = self.radius()
         # F = (L_V - L_B)^2 / 2: dF/drho = gap (grad L_V - grad L_B)^T dw+/drho
