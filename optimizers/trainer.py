@@ -134,7 +134,7 @@ class Trainer:
         self.val_loader = self._hold_out()  # optimizers that learn from validation batches (LETS)
         self.loader = BatchLoader(self.data.x_train, self.data.y_train, c.batch_size, shuffle=True, seed=c.seed,
                                   drop_last=True, augment=self.data.augment, rank=D.rank(),
-                                  world_size=D.world_size())
+                                  world_size=D.world_size(), device=self.device)
         if len(self.loader) == 0:
             raise ValueError(f"batch_size {c.batch_size} exceeds the {len(self.data.x_train)} training samples")
         self.steps_per_epoch = len(self.loader)
@@ -165,7 +165,8 @@ class Trainer:
             self.data = dataclasses.replace(self.data, x_train=x[fit], y_train=y[fit])
             x, y = x[held], y[held]
         return BatchLoader(x, y, min(c.batch_size, len(x)), shuffle=True, seed=c.seed + 1, drop_last=True,
-                           augment=self.data.augment, rank=D.rank(), world_size=D.world_size())
+                           augment=self.data.augment, rank=D.rank(), world_size=D.world_size(),
+                           device=self.device)
 
     def _validation_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The validation batch of ``step``: a function of ``(seed, step)`` only, so resume is exact."""
