@@ -65,6 +65,7 @@ class ClosureOptimizer(Optimizer):
         self.scaler: torch.amp.GradScaler | None = None
         self._skipped = 0  # steps skipped, as read on the host
         self._skipped_pending: torch.Tensor | None = None  # fp16 skips not read yet (a device counter)
+        self.last_skip: torch.Tensor | int = 0  # whether the last update was skipped (a device flag under fp16)
         self.epoch = 0  # set by the trainer (set_epoch) at the start of every epoch
         self._grad_norm: torch.Tensor | None = None
 
@@ -123,6 +124,15 @@ class ClosureOptimizer(Optimizer):
     def last_grad_norm(self, value: float | torch.Tensor | None) -> None:
         self._grad_norm = None if value is None else torch.as_tensor(value)
 
+    def scale_tensor(self, device: torch.device) -> torch.Tensor | None:
+        """The fp16 loss scale as a 0-d tensor on ``device`` (created at the scaler's initial value before its
+        first use), ``None`` without a scaler: divide by it without reading it on the host."""
+        if self.scaler is None or not self.scaler.is_enabled():
+            return None
+        if self.scaler._scale is None:
+            self.scaler._lazy_init_scale_growth_tracker(device)
+        return self.scaler._scale.reshape(()).to(device)
+
     def unscale_(self) -> None:
         """Divide fp16-scaled gradients by the loss scale (once per step; no-op without a scaler)."""
         if self.scaler is not None:
@@ -158,10 +168,13 @@ class ClosureOptimizer(Optimizer):
             skipped = (self.scaler._scale < before).reshape(()).long()  # the scaler backs off iff it skipped
             pending = self._skipped_pending
             self._skipped_pending = skipped if pending is None else pending + skipped
+            self.last_skip = skipped
         elif finite:
             self.base.step()
+            self.last_skip = 0
         else:
             self._skipped += 1
+            self.last_skip = 1
 
     @property
     def skipped_steps(self) -> int:

@@ -247,7 +247,11 @@ class StepClosure:
             hv = torch.autograd.grad(dot, params, allow_unused=True)
             return [torch.zeros_like(p) if t is None else t.detach() for p, t in zip(params, hv)]
 
-        scale = float(self.scaler.get_scale()) if self.scaler is not None else 1.0  # = what scale() multiplies by
+        def unscaled(ts: list[torch.Tensor]) -> list[torch.Tensor]:  # divided by what scale() multiplied by
+            if self.scaler is None:
+                return ts
+            return list(torch._foreach_div(ts, self.scaler._scale.reshape(()).to(ts[0].device))) if ts else ts
+
         g_sum = [torch.zeros_like(p) for p in params]
         hv_sum = [torch.zeros_like(p) for p in params]
         bn = contextlib.nullcontext() if update_bn else frozen_bn_stats(self.model)
@@ -258,7 +262,7 @@ class StepClosure:
                     loss, g = grads_of(xc, yc, create_graph=False)
                     loss_sum += loss
                     torch._foreach_add_(g_sum, g)
-                v = vectors([t / scale for t in g_sum])
+                v = vectors(unscaled(g_sum))
                 with frozen_bn_stats(self.model):  # BN statistics move once per pass
                     for xc, yc in chunks:
                         _, g = grads_of(xc, yc, create_graph=True)
@@ -268,10 +272,7 @@ class StepClosure:
                     loss, g = grads_of(xc, yc, create_graph=True)
                     loss_sum += loss
                     if callable(vectors):
-                        vectors = vectors([t.detach() / scale for t in g])
+                        vectors = vectors(unscaled([t.detach() for t in g]))
                     torch._foreach_add_(g_sum, [t.detach() for t in g])
                     torch._foreach_add_(hv_sum, hvp_of(g, vectors))
-        if scale != 1.0:
-            torch._foreach_div_(g_sum, scale)
-            torch._foreach_div_(hv_sum, scale)
-        return loss_sum, g_sum, hv_sum
+        return loss_sum, unscaled(g_sum), unscaled(hv_sum)

@@ -90,9 +90,9 @@ class LookSAM(FamilyState, SAM):
         with torch.enable_grad():
             closure(update_bn=False)
         with torch.no_grad():
-            scale = float(self.scaler.get_scale()) if self.scaler is not None else 1.0
             gs = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
-            if scale != 1.0:
+            scale = self.scale_tensor(gs[0].device) if gs else None
+            if scale is not None:
                 gs = list(torch._foreach_div(gs, scale))
             if self.rho == 0:
                 g_v = [torch.zeros_like(x) for x in gs]

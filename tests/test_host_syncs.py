@@ -100,3 +100,10 @@ def test_the_training_loop_reads_the_loss_once_per_interval(reads, tmp_path, mon
     rows = [json.loads(line) for line in (tmp_path / "r.steps.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, steps + 1))
     assert all(math.isfinite(r["loss"]) for r in rows)
+
+
+@pytest.mark.parametrize("name", available_optimizers())
+def test_fp16_adds_only_the_scalers_own_read(name, reads):
+    """The loss scale is divided out as a device tensor (GNR, LETS, LookSAM, AE-SAM, the HVP pass used to read it
+    on the host once per pass); the scaler's found-inf check is the one read fp16 adds."""
+    assert max(_steps(name, reads, scaler=True)) <= NEEDED.get(name, 0) + 1
