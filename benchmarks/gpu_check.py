@@ -2,12 +2,15 @@
 
 Trains a small ResNet-20 on CIFAR-shaped synthetic data (written as CIFAR-10 python batches, class-dependent
 colour shifts so accuracy can rise) with AMP (bf16 SAM, fp16 SAM with the loss scaler, ``--amp auto`` for
-SGD and finite-difference GNR), runs ``landscape analyze`` on the checkpoint, draws a small 2-D surface and,
-with several GPUs, repeats training and analysis under ``torchrun``; prints a pass/fail table.
-Without a CUDA GPU it says so and exits 0.
+SGD, ASAM, SAM and finite-difference GNR: SAM and GNR must announce float32), counts the host syncs of a step of
+every optimizer (``torch.cuda.set_sync_debug_mode``, against tests/test_host_syncs.py's table), runs
+``landscape analyze`` on the checkpoint, draws a small 2-D surface and, on every visible GPU under ``torchrun``
+(NCCL), trains SAM in bf16 and GSAM (its passes skip DDP: the BatchNorm statistics are broadcast after each step)
+and repeats analysis and surface; prints a pass/fail table. Without a CUDA GPU it says so and exits 0.
 
     python benchmarks/gpu_check.py [--workdir DIR] [--epochs 2]
     python benchmarks/gpu_check.py --device cpu   # a dry run of the same commands on the CPU (tiny sizes)
+    python benchmarks/gpu_check.py --syncs        # the host-sync count alone (run by the check itself)
 """
 from __future__ import annotations
 
@@ -37,17 +40,61 @@ def write_synthetic_cifar(root: Path, per_batch: int, n_test: int, seed: int = 0
     return root
 
 
+def count_syncs(device: str) -> int:
+    """Host synchronizations per step of every optimizer on ``device`` (a BatchNorm MLP, 4 steps, the last 3
+    counted): CUDA's sync debug mode warns at each; more than tests/test_host_syncs.py allows fails (exit 1)."""
+    import warnings
+
+    import torch
+
+    from optimizers import available_optimizers, build_optimizer
+    from optimizers.closure import StepClosure
+    from tests.optimizer_helpers import toy
+    from tests.test_host_syncs import NEEDED
+
+    bad = 0
+    for name in available_optimizers():
+        model, x, y = toy(0, bn=True)
+        model = model.float().to(device)
+        base = {"lr": 0.01} if name == "adamw" else {"lr": 0.1, "momentum": 0.9}
+        opt = build_optimizer(name, model.named_parameters(), base_kwargs=base)
+        if hasattr(opt, "configure_training"):
+            opt.configure_training(total_steps=4, seed=0)
+        c = StepClosure(model, "classification", device=device)
+        c.set_batch(x.float(), y)
+        c.set_validation_batch(x.float(), y)
+        counts = []
+        for _ in range(4):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                if device == "cuda":
+                    torch.cuda.set_sync_debug_mode("warn")
+                try:
+                    opt.step(c)
+                finally:
+                    if device == "cuda":
+                        torch.cuda.set_sync_debug_mode("default")
+            counts.append(sum("synchroniz" in str(w.message) for w in caught))
+        worst, allowed = max(counts[1:]), NEEDED.get(name, 0)
+        bad += worst > allowed
+        print(f"  {'PASS' if worst <= allowed else 'FAIL'}  syncs per step {name:<20} {worst} (allowed {allowed})")
+    return int(bad > 0)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--workdir", type=Path, default=None, help="where data and checkpoints go [default: a temp dir]")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--device", default="cuda", help="cuda (the check) or cpu (a dry run of the commands)")
+    ap.add_argument("--syncs", action="store_true", help="only count the host syncs per step of every optimizer")
     args = ap.parse_args()
     import torch
 
     if args.device == "cuda" and not torch.cuda.is_available():
         print("gpu_check: no CUDA GPU visible; skipped (run it on a machine with one)")
         return 0
+    if args.syncs:
+        return count_syncs(args.device)
     gpus = torch.cuda.device_count() if args.device == "cuda" else 0
     small = args.device == "cpu"
     work = args.workdir or Path(tempfile.mkdtemp(prefix="gpu_check_"))
@@ -58,6 +105,8 @@ def main() -> int:
     steps = ["--steps", "3"] if small else ["--epochs", str(args.epochs)]
     runs = {  # name: (optimizer, amp, extra flags)
         "sgd amp=auto": ("sgd", "auto", []),
+        "asam amp=auto": ("asam", "auto", []),
+        "sam amp=auto": ("sam", "auto", []),
         "sam bf16": ("sam", "bf16", []),
         "sam fp16 (scaler)": ("sam", "fp16", []),
         "gnr finite-diff amp=auto": ("gnr", "auto", ["--hvp", "forward"]),
@@ -68,8 +117,11 @@ def main() -> int:
         ckpt = work / f"{opt}_{amp}.pt"
         checks.append((f"train {name}", py + ["train", "--out", str(ckpt), "--optimizer", opt, "--amp", amp,
                                               *common, *steps, *extra]))
-    if args.device == "cuda":
+    if args.device == "cuda":  # the float32 notice of amp=auto (bf16 for the others)
         expect["train gnr finite-diff amp=auto"] = "gnr trains in float32"
+        expect["train sam amp=auto"] = "sam trains in float32"
+    checks.append(("host syncs per step", [sys.executable, str(Path(__file__).resolve()), "--syncs", "--device",
+                                           args.device]))
     ckpt = str(work / "sam_bf16.pt")
     view = ["--device", args.device, "--subset", "32" if small else "1000", "--quiet", "--restart"]
     light = ["--max-iter", "10"] if small else []
@@ -83,6 +135,9 @@ def main() -> int:
         checks.append((f"torchrun x{gpus} train sam bf16", run + ["train", "--out", str(work / "ddp.pt"),
                                                                    "--optimizer", "sam", "--amp", "bf16",
                                                                    *common, *steps]))
+        checks.append((f"torchrun x{gpus} train gsam bf16", run + ["train", "--out", str(work / "ddp_gsam.pt"),
+                                                                    "--optimizer", "gsam", "--amp", "bf16",
+                                                                    "--alpha", "0.4", *common, *steps]))
         checks.append((f"torchrun x{gpus} analyze", run + ["analyze", ckpt, "--json", str(work / "ddp.json"),
                                                             "--top-k", "2", *view]))
         checks.append((f"torchrun x{gpus} plot2d", run + ["plot2d", ckpt, "--xpoints", side, "--out",

@@ -51,6 +51,33 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+@torch.no_grad()
+def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
+    """Every rank takes rank ``src``'s buffers of ``module`` (BatchNorm running statistics and counters), one
+    flat broadcast per dtype: what DDP's ``broadcast_buffers`` does before a synced forward. No-op single."""
+    if not is_distributed():
+        return
+    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+    groups: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
+    for b in module.buffers():
+        groups.setdefault((b.dtype, b.device), []).append(b)
+    backend = dist.get_backend()
+    for (_, device), group in groups.items():
+        flat = _flatten_dense_tensors(group).to(collective_device(device, backend))
+        dist.broadcast(flat, src)
+        torch._foreach_copy_(group, [t.to(device) for t in _unflatten_dense_tensors(flat, group)])
+
+
+def wrap_ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``model`` data-parallel over the process group, for a :class:`~optimizers.closure.StepClosure`: the
+    closure broadcasts rank 0's buffers after every step that moved them (``sync_buffers``), so DDP's own
+    broadcast before each synced forward is off (it would repeat it, and it misses the methods whose passes
+    all run under ``no_sync`` or on the eager module)."""
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+
+
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
@@ -92,6 +119,21 @@ def setup_device(preference: str = "auto") -> torch.device:
         torch.cuda.set_device(device)
     init_from_env(device.type)
     return device
+
+
+def free_memory(device: torch.device | str) -> int:
+    """Bytes a new allocation on ``device`` can use. CUDA: the driver's free memory plus what PyTorch's caching
+    allocator holds reserved but unused (``memory_reserved - memory_allocated``: free to this process, invisible
+    to ``mem_get_info``); elsewhere the available RAM (1 GiB if unknown)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(free) + max(0, int(cached))
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 1 << 30
 
 
 def accumulation_dtype(device: torch.device | str) -> torch.dtype:

@@ -79,8 +79,9 @@ class AESAM(FamilyState, SAM):
         with torch.enable_grad():
             loss = closure()
         grads = [p.grad for p in self.params_with_grad()]
-        scale = float(self.scaler.get_scale()) if self.scaler is not None else 1.0
-        s = float(sq_norm(grads)) / (scale * scale)
+        sq = sq_norm(grads)
+        scale = self.scale_tensor(sq.device)
+        s = float(sq if scale is None else sq / scale.to(sq.dtype).square())  # the step's one host read
         c = self.threshold_coefficient(t)
         use_sam = False
         if math.isfinite(s):

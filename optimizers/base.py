@@ -3,7 +3,7 @@
 ``ClosureOptimizer.step(closure)`` = ``compute_gradients(closure)`` (a
 subclass hook: plain ERM calls the closure once; the sharpness-aware family
 perturbs, re-evaluates and leaves its update direction in ``p.grad``), then
-:meth:`apply_update`: unscale (fp16), skip on inf/NaN, clip the *final*
+:meth:`update_weights`: unscale (fp16), skip on inf/NaN, clip the *final*
 gradient to ``max_grad_norm``, and step the base optimizer. The wrapper shares
 ``param_groups`` with the base, so an LR scheduler on the wrapper drives both.
 """
@@ -63,7 +63,9 @@ class ClosureOptimizer(Optimizer):
         self.param_groups = self.base.param_groups
         self.max_grad_norm = max_grad_norm
         self.scaler: torch.amp.GradScaler | None = None
-        self.skipped_steps = 0
+        self._skipped = 0  # steps skipped, as read on the host
+        self._skipped_pending: torch.Tensor | None = None  # fp16 skips not read yet (a device counter)
+        self.last_skip: torch.Tensor | int = 0  # whether the last update was skipped (a device flag under fp16)
         self.epoch = 0  # set by the trainer (set_epoch) at the start of every epoch
         self._grad_norm: torch.Tensor | None = None
 
@@ -78,7 +80,10 @@ class ClosureOptimizer(Optimizer):
         if closure is None:
             raise RuntimeError(f"{type(self).__name__}.step needs a closure")
         loss = self.compute_gradients(closure)
-        self.apply_update()
+        self.update_weights()
+        sync_buffers = getattr(closure, "sync_buffers", None)  # BatchNorm statistics: rank 0's on every replica
+        if sync_buffers is not None:
+            sync_buffers()
         return loss
 
     def all_reduce_grads(self, closure: Callable[..., torch.Tensor]) -> None:
@@ -119,6 +124,15 @@ class ClosureOptimizer(Optimizer):
     def last_grad_norm(self, value: float | torch.Tensor | None) -> None:
         self._grad_norm = None if value is None else torch.as_tensor(value)
 
+    def scale_tensor(self, device: torch.device) -> torch.Tensor | None:
+        """The fp16 loss scale as a 0-d tensor on ``device`` (created at the scaler's initial value before its
+        first use), ``None`` without a scaler: divide by it without reading it on the host."""
+        if self.scaler is None or not self.scaler.is_enabled():
+            return None
+        if self.scaler._scale is None:
+            self.scaler._lazy_init_scale_growth_tracker(device)
+        return self.scaler._scale.reshape(()).to(device)
+
     def unscale_(self) -> None:
         """Divide fp16-scaled gradients by the loss scale (once per step; no-op without a scaler)."""
         if self.scaler is not None:
@@ -126,11 +140,19 @@ class ClosureOptimizer(Optimizer):
 
     @torch.no_grad()
     def apply_update(self) -> bool:
-        """Clip the final gradient and step the base optimizer; ``False`` if the step was skipped.
+        """Clip the final gradient and step the base optimizer; ``False`` if the step was skipped (reading that
+        costs a host sync under fp16: :meth:`step` uses :meth:`update_weights`, which returns nothing)."""
+        skipped = self.skipped_steps
+        self.update_weights()
+        return self.skipped_steps == skipped
 
-        With a scaler, an inf/NaN anywhere in the final gradient (the scaler's own check) skips
-        the step; without one, a non-finite norm skips it only when clipping is on (the norm is
-        computed anyway; checking it costs one host sync, which an unclipped fp32 step avoids).
+    @torch.no_grad()
+    def update_weights(self) -> None:
+        """Clip the final gradient and step the base optimizer, skipping on an inf/NaN gradient.
+
+        With a scaler, an inf/NaN anywhere in the final gradient (the scaler's own check, its one host sync)
+        skips the step, counted on the device; without one, a non-finite norm skips it only when clipping is on
+        (the norm is computed anyway; checking it costs one host sync, which an unclipped fp32 step avoids).
         """
         self.unscale_()
         params = self.params_with_grad()
@@ -140,18 +162,31 @@ class ClosureOptimizer(Optimizer):
             if self.scaler is None:
                 finite = math.isfinite(float(self._grad_norm))
         if self.scaler is not None:
-            before = self.scaler.get_scale()
+            before = self.scaler._scale.clone()  # set by the closure's scaler.scale(loss)
             self.scaler.step(self.base)
             self.scaler.update()
-            stepped = self.scaler.get_scale() >= before
+            skipped = (self.scaler._scale < before).reshape(()).long()  # the scaler backs off iff it skipped
+            pending = self._skipped_pending
+            self._skipped_pending = skipped if pending is None else pending + skipped
+            self.last_skip = skipped
         elif finite:
             self.base.step()
-            stepped = True
+            self.last_skip = 0
         else:
-            stepped = False
-        if not stepped:
-            self.skipped_steps += 1
-        return stepped
+            self._skipped += 1
+            self.last_skip = 1
+
+    @property
+    def skipped_steps(self) -> int:
+        """Steps skipped for an inf/NaN gradient (fp16 skips are counted on the device and read here)."""
+        if self._skipped_pending is not None:
+            self._skipped += int(self._skipped_pending)
+            self._skipped_pending = None
+        return self._skipped
+
+    @skipped_steps.setter
+    def skipped_steps(self, value: int) -> None:
+        self._skipped, self._skipped_pending = int(value), None
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.base.zero_grad(set_to_none=set_to_none)
@@ -179,3 +214,4 @@ class ClosureOptimizer(Optimizer):
     def metrics(self) -> dict[str, float]:
         """Scalars worth logging each step (e.g. LETS's rho); empty by default."""
         return {}
+

@@ -15,6 +15,13 @@ Methods whose final gradient is a combination of several passes computed per
 replica (GSAM's decomposition, GA-SAM's mean over K+1 points) run every pass
 with ``sync=False`` and then call :meth:`StepClosure.all_reduce_grads` once:
 one coalesced all-reduce of the final gradient (a no-op without DDP).
+
+BatchNorm statistics under DDP: the pass that moves them runs on each replica's shard, so the replicas'
+running statistics part after it. :meth:`StepClosure.sync_buffers` (called by
+:meth:`optimizers.base.ClosureOptimizer.step` after every step) gives every replica rank 0's buffers: the
+statistics plain DDP keeps (its ``broadcast_buffers`` hands rank 0's to every replica before each synced
+forward, so rank 0's follow its own shard), for every method, also those whose passes all run under
+``no_sync`` or on the eager module (GSAM, GA-SAM, GNR, LETS), and identical on every replica after each step.
 """
 from __future__ import annotations
 
@@ -100,6 +107,7 @@ class StepClosure:
         self.x: torch.Tensor | None = None
         self.y: torch.Tensor | None = None
         self.calls = 0  # forward+backward passes since the last set_batch
+        self.buffers_moved = False  # a pass updated BatchNorm statistics since the last sync_buffers
 
     @property
     def params(self) -> list[nn.Parameter]:
@@ -128,6 +136,15 @@ class StepClosure:
         if self.distributed:
             all_reduce_mean([p.grad for p in self.params if p.grad is not None])
 
+    def sync_buffers(self) -> None:
+        """Every replica takes rank 0's module buffers if a pass moved them (one broadcast per dtype; a no-op
+        without DDP): the BatchNorm statistics of plain DDP, identical on every replica."""
+        if self.buffers_moved and self.distributed:
+            from landscape import distributed as D
+
+            D.broadcast_buffers(self.model)
+        self.buffers_moved = False
+
     def _no_sync(self, sync: bool) -> contextlib.AbstractContextManager:
         if not sync and hasattr(self.forward_model, "no_sync"):
             return self.forward_model.no_sync()
@@ -143,6 +160,7 @@ class StepClosure:
         chunks = list(zip(self.x.chunk(self.accum_steps), self.y.chunk(self.accum_steps)))
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float32)
         bn = contextlib.nullcontext() if update_bn else frozen_bn_stats(self.model)
+        self.buffers_moved |= update_bn
         with bn:
             for i, (xc, yc) in enumerate(chunks):
                 last = i == len(chunks) - 1
@@ -229,17 +247,22 @@ class StepClosure:
             hv = torch.autograd.grad(dot, params, allow_unused=True)
             return [torch.zeros_like(p) if t is None else t.detach() for p, t in zip(params, hv)]
 
-        scale = float(self.scaler.get_scale()) if self.scaler is not None else 1.0  # = what scale() multiplies by
+        def unscaled(ts: list[torch.Tensor]) -> list[torch.Tensor]:  # divided by what scale() multiplied by
+            if self.scaler is None:
+                return ts
+            return list(torch._foreach_div(ts, self.scaler._scale.reshape(()).to(ts[0].device))) if ts else ts
+
         g_sum = [torch.zeros_like(p) for p in params]
         hv_sum = [torch.zeros_like(p) for p in params]
         bn = contextlib.nullcontext() if update_bn else frozen_bn_stats(self.model)
+        self.buffers_moved |= update_bn
         with torch.enable_grad(), bn:
             if callable(vectors) and len(chunks) > 1:
                 for xc, yc in chunks:
                     loss, g = grads_of(xc, yc, create_graph=False)
                     loss_sum += loss
                     torch._foreach_add_(g_sum, g)
-                v = vectors([t / scale for t in g_sum])
+                v = vectors(unscaled(g_sum))
                 with frozen_bn_stats(self.model):  # BN statistics move once per pass
                     for xc, yc in chunks:
                         _, g = grads_of(xc, yc, create_graph=True)
@@ -249,10 +272,7 @@ class StepClosure:
                     loss, g = grads_of(xc, yc, create_graph=True)
                     loss_sum += loss
                     if callable(vectors):
-                        vectors = vectors([t.detach() / scale for t in g])
+                        vectors = vectors(unscaled([t.detach() for t in g]))
                     torch._foreach_add_(g_sum, [t.detach() for t in g])
                     torch._foreach_add_(hv_sum, hvp_of(g, vectors))
-        if scale != 1.0:
-            torch._foreach_div_(g_sum, scale)
-            torch._foreach_div_(hv_sum, scale)
-        return loss_sum, g_sum, hv_sum
+        return loss_sum, unscaled(g_sum), unscaled(hv_sum)

@@ -101,13 +101,14 @@ class GNR(FamilyState, SAM):
     def _params(self) -> list[torch.Tensor]:
         return [p for g in self.param_groups for p in g["params"] if p.requires_grad]
 
-    def _scale(self) -> float:
-        return float(self.scaler.get_scale()) if self.scaler is not None else 1.0
+    def _scale(self) -> torch.Tensor | None:
+        """The fp16 loss scale (a 0-d tensor: never read on the host), ``None`` without a scaler."""
+        return self.scale_tensor(self._params()[0].device) if self._params() else None
 
-    def _grads(self, params: list[torch.Tensor], scale: float) -> list[torch.Tensor]:
+    def _grads(self, params: list[torch.Tensor], scale: torch.Tensor | None) -> list[torch.Tensor]:
         """Unscaled gradients of the last closure pass (zeros for a parameter without one)."""
         out = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
-        return list(torch._foreach_div(out, scale)) if scale != 1.0 else out
+        return list(torch._foreach_div(out, scale)) if scale is not None else out
 
     def _ascent(self, params: list[torch.Tensor], direction: list[torch.Tensor], radius: float) -> list[torch.Tensor]:
         return self.geometry.ascent(direction, self.scaling(params, direction), radius)
@@ -138,7 +139,7 @@ class GNR(FamilyState, SAM):
             with torch.no_grad():
                 torch._foreach_copy_(params, origin)
         final = list(torch._foreach_add(h_loss, h_norm, alpha=self.alpha))
-        if scale != 1.0:  # the wrapper's apply_update unscales (and checks for inf) once
+        if scale is not None:  # the wrapper's update_weights unscales (and checks for inf) once
             torch._foreach_mul_(final, scale)
         for p, f in zip(params, final):
             p.grad = f.detach().to(p.dtype)
@@ -156,7 +157,7 @@ class GNR(FamilyState, SAM):
         return loss, g, list(torch._foreach_mul(hn, self.rho))
 
     def _fd_hvp(self, closure: Any, params: list[torch.Tensor], origin: list[torch.Tensor], at: list[torch.Tensor],
-                g: list[torch.Tensor], scale: float) -> list[torch.Tensor]:
+                g: list[torch.Tensor], scale: torch.Tensor | None) -> list[torch.Tensor]:
         """``H(x) u``, ``u = g / ||g||``, by finite differences at ``x = origin + sum(at)``."""
         step = list(torch._foreach_mul(unit(g), self.fd_radius))
         with torch.no_grad():
@@ -173,7 +174,8 @@ class GNR(FamilyState, SAM):
         minus = self._grads(params, scale)
         return list(torch._foreach_div(torch._foreach_sub(plus, minus), 2 * self.fd_radius))
 
-    def _finite_difference(self, closure: Any, params: list[torch.Tensor], origin: list[torch.Tensor], scale: float):
+    def _finite_difference(self, closure: Any, params: list[torch.Tensor], origin: list[torch.Tensor],
+                           scale: torch.Tensor | None):
         with torch.enable_grad():
             loss = closure(sync=False)
         g = self._grads(params, scale)
@@ -188,7 +190,7 @@ class GNR(FamilyState, SAM):
         return loss, g, list(torch._foreach_mul(hn, self.rho))
 
     def _oracle_gradient(self, closure: Any, params: list[torch.Tensor], origin: list[torch.Tensor],
-                         g: list[torch.Tensor], scale: float) -> list[torch.Tensor]:
+                         g: list[torch.Tensor], scale: torch.Tensor | None) -> list[torch.Tensor]:
         if self.oracle == "loss":
             return g
         if self.oracle == "weight_decay":
@@ -208,8 +210,12 @@ class GNR(FamilyState, SAM):
                 scale = self._scale()
                 with torch.no_grad():
                     for p in self._params():
-                        if p.grad is not None:
-                            p.grad.add_(p.detach(), alpha=self.oracle_decay * scale)
+                        if p.grad is None:
+                            continue
+                        if scale is None:
+                            p.grad.add_(p.detach(), alpha=self.oracle_decay)
+                        else:  # in the scaler's units
+                            p.grad.add_(p.detach() * (scale.to(p.dtype) * self.oracle_decay))
             return loss
         with torch.enable_grad():
             loss = closure(sync=False)

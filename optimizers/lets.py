@@ -126,9 +126,9 @@ class LETSSAM(FamilyState, SAM):
         if self._saved is not None and self._u is not None:
             params = self._saved[0]
             grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
-            scale = float(self.scaler.get_scale()) if self.scaler is not None else 1.0
             prod = torch._foreach_mul(grads, self._u)
-            if scale != 1.0:
+            scale = self.scale_tensor(prod[0].device) if prod else None
+            if scale is not None:
                 torch._foreach_div_(prod, scale)
             acc = torch.float64 if prod and prod[0].dtype == torch.float64 else torch.float32
             self._ghat_u = torch.stack([v.sum(dtype=acc) for v in prod]).sum() if prod else torch.zeros(())
@@ -139,17 +139,14 @@ class LETSSAM(FamilyState, SAM):
     # -- upper level: the radius ----------------------------------------------------------------
     @torch.no_grad()
     def step(self, closure: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:  # type: ignore[override]
-        skipped = self.skipped_steps
         loss = super().step(closure)  # the lower level: a SAM step with rho = exp(beta)
-        if self.skipped_steps == skipped:
-            self.hyper_step(closure)
-        else:  # an overflow skipped the update: no w+ to learn from
-            self._tick()
+        self.hyper_step(closure)  # leaves beta alone if an overflow skipped the update (no w+ to learn from)
         return loss
 
     @torch.no_grad()
     def hyper_step(self, closure: Any) -> float:
-        """One Adam step on ``beta`` at ``w+`` (call after the model update); returns ``dF/dbeta``."""
+        """One Adam step on ``beta`` at ``w+`` (call after the model update); returns ``dF/dbeta`` (0 and beta
+        left alone if the update was skipped: the flag is read with the four scalars, one host read)."""
         t = self._tick()
         ghat_u = self._ghat_u
         self._ghat_u = None
@@ -166,16 +163,20 @@ class LETSSAM(FamilyState, SAM):
         grad_b = [[self._grad(p) for p in ps] for _, _, ps in ghat]
         with torch.enable_grad(), closure.validation():
             loss_v = closure(sync=False, update_bn=False)
-        scale = float(self.scaler.get_scale()) if self.scaler is not None else 1.0
+        scale = self.scale_tensor(loss_b.device)
         # sum_groups lr (grad L_V - grad L_B)^T v, v = g_hat (outer) or g_hat * g_hat * u (diag)
         d_ghat = sum(lr * dot(list(torch._foreach_sub([self._grad(p) for p in ps], gb)), gh)
-                     for (lr, gh, ps), gb in zip(ghat, grad_b)) / scale
+                     for (lr, gh, ps), gb in zip(ghat, grad_b))
+        if scale is not None:
+            d_ghat = d_ghat / scale.to(d_ghat.device)
         # float64 on the CPU (MPS has none); all_reduce_sum moves it where the backend takes it
         stats = torch.stack([torch.as_tensor(x).detach().reshape(()).cpu().double()
-                             for x in (loss_v, loss_b, d_ghat, ghat_u)])
+                             for x in (loss_v, loss_b, d_ghat, ghat_u, self.last_skip)])
         if D.is_distributed():
             stats = D.all_reduce_sum(stats) / D.world_size()
-        lv, lb, dg, gu = (float(s) for s in stats)
+        lv, lb, dg, gu, skipped = stats.tolist()  # the one host read of a LETS step: beta lives on the host
+        if skipped:
+            return 0.0
         gap = lv - lb
         rho = self.radius()
         # F = (L_V - L_B)^2 / 2: dF/drho = gap (grad L_V - grad L_B)^T dw+/drho

@@ -90,9 +90,9 @@ class LookSAM(FamilyState, SAM):
         with torch.enable_grad():
             closure(update_bn=False)
         with torch.no_grad():
-            scale = float(self.scaler.get_scale()) if self.scaler is not None else 1.0
             gs = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
-            if scale != 1.0:
+            scale = self.scale_tensor(gs[0].device) if gs else None
+            if scale is not None:
                 gs = list(torch._foreach_div(gs, scale))
             if self.rho == 0:
                 g_v = [torch.zeros_like(x) for x in gs]
@@ -101,12 +101,14 @@ class LookSAM(FamilyState, SAM):
             else:
                 c = (dot(gs, g) / sq_norm(g).clamp_min(_TINY)).to(gs[0].dtype)
                 g_v = list(torch._foreach_sub(gs, torch._foreach_mul(g, c)))
-            # an overflowed SAM pass (fp16: the scaler skips this step) keeps the last finite g_v, so the
-            # k - 1 reuse steps after it are not lost too (one host sync per SAM step)
-            if bool(torch.stack([torch.isfinite(v).all() for v in g_v]).all()):
-                for p, v in zip(params, g_v):
-                    self.state[p]["g_v"] = v if v.dtype == p.dtype else v.to(p.dtype)
-                self._cache = None
+            # an overflowed SAM pass (fp16: the scaler skips this step) keeps the last finite g_v (zero before
+            # the first), so the k - 1 reuse steps after it are not lost too; decided on the device
+            ok = torch.stack([torch.isfinite(v).all() for v in g_v]).all()
+            for p, v in zip(params, g_v):
+                v = v if v.dtype == p.dtype else v.to(p.dtype)
+                old = self.state[p].get("g_v")
+                self.state[p]["g_v"] = torch.where(ok, v, torch.zeros_like(v) if old is None else old)
+            self._cache = None
         self.restore()
 
     def _reuse_step(self) -> None:

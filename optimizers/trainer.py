@@ -13,6 +13,10 @@ Resuming restores model, optimizer (with its extra state), RNG and the
 position ``(epoch, batch)``; data order and augmentation are functions of
 ``(seed, epoch, batch)`` (:class:`landscape.data.loader.BatchLoader`), so on
 CPU a resumed run is bit-identical to an uninterrupted one.
+
+The loop does not wait for the device: step losses stay on it and are read back together every
+:data:`SYNC_EVERY` steps, at resume points and at the end of an epoch (a diverged loss is reported then, with
+the step where it first became non-finite; ``step_time`` includes the wait).
 """
 from __future__ import annotations
 
@@ -45,6 +49,7 @@ from optimizers.schedules import lr_factor
 from optimizers.tracker import CurvatureTracker, TrackConfig
 
 RESUME_VERSION = 1
+SYNC_EVERY = 50  # steps between reads of the training loss: the loop never waits for the device in between
 
 
 class TrainingDiverged(RuntimeError):
@@ -101,8 +106,7 @@ class Trainer:
         torch.manual_seed(c.seed * 7919 + 104729 * (D.rank() + 1))
         forward_model: nn.Module = self.model
         if D.is_distributed():
-            forward_model = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            forward_model = D.wrap_ddp(self.model, self.device)
         if c.compile:
             forward_model = torch.compile(forward_model)
         base = self.config.base
@@ -130,7 +134,7 @@ class Trainer:
         self.val_loader = self._hold_out()  # optimizers that learn from validation batches (LETS)
         self.loader = BatchLoader(self.data.x_train, self.data.y_train, c.batch_size, shuffle=True, seed=c.seed,
                                   drop_last=True, augment=self.data.augment, rank=D.rank(),
-                                  world_size=D.world_size())
+                                  world_size=D.world_size(), device=self.device)
         if len(self.loader) == 0:
             raise ValueError(f"batch_size {c.batch_size} exceeds the {len(self.data.x_train)} training samples")
         self.steps_per_epoch = len(self.loader)
@@ -161,7 +165,8 @@ class Trainer:
             self.data = dataclasses.replace(self.data, x_train=x[fit], y_train=y[fit])
             x, y = x[held], y[held]
         return BatchLoader(x, y, min(c.batch_size, len(x)), shuffle=True, seed=c.seed + 1, drop_last=True,
-                           augment=self.data.augment, rank=D.rank(), world_size=D.world_size())
+                           augment=self.data.augment, rank=D.rank(), world_size=D.world_size(),
+                           device=self.device)
 
     def _validation_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The validation batch of ``step``: a function of ``(seed, step)`` only, so resume is exact."""
@@ -287,6 +292,7 @@ class Trainer:
             paths["steps"].parent.mkdir(parents=True, exist_ok=True)
             step_log = open(paths["steps"], "a")
         bar = _progress(self.progress and D.is_main())
+        pending: list[tuple[int, int, torch.Tensor, float, dict[str, float]]] = []  # steps not read back yet
         try:
             with bar:
                 task = bar.add_task("train", total=self.total_steps, completed=step)
@@ -301,27 +307,22 @@ class Trainer:
                         if self.val_loader is not None:
                             self.closure.set_validation_batch(*self._validation_batch(step))
                         t0 = time.perf_counter()
-                        loss = float(self.optimizer.step(self.closure))
-                        partial["time"] += time.perf_counter() - t0
-                        if not math.isfinite(loss):
-                            history.append({"epoch": epoch + 1, "step": step + 1, "diverged": True, "loss": loss})
-                            if D.is_main():
-                                atomic_write_jsonl(paths["metrics"], history)
-                            raise TrainingDiverged(f"loss became {loss} at step {step + 1} (epoch {epoch + 1})")
-                        partial["loss_sum"] += loss
-                        partial["n"] += 1
+                        loss = self.optimizer.step(self.closure).detach()  # stays on the device
                         step += 1
                         batch += 1
-                        if step_log is not None:
-                            step_log.write(_json_line({"step": step, "epoch": epoch, "loss": loss, "lr": lr,
-                                                       **self.optimizer.metrics()}))
-                        bar.update(task, completed=step, description=f"epoch {epoch + 1}/{self.epochs} "
-                                                                     f"loss {loss:.4f}")
-                        if tracker is not None and tracker.due(step, last=step >= self.total_steps):
+                        pending.append((step, epoch, loss, lr, self.optimizer.metrics() if step_log else {}))
+                        last = step >= self.total_steps
+                        save = bool(c.save_every_steps) and step % c.save_every_steps == 0
+                        if last or save or step % SYNC_EVERY == 0 or batch == self.steps_per_epoch:
+                            shown = self._read_losses(pending, partial, history, step_log)  # waits for the device
+                            bar.update(task, description=f"epoch {epoch + 1}/{self.epochs} loss {shown:.4f}")
+                        partial["time"] += time.perf_counter() - t0
+                        bar.update(task, completed=step)
+                        if tracker is not None and tracker.due(step, last=last):
                             tracker.measure(step, epoch, self._next_lr(step))
-                        if step >= self.total_steps:
+                        if last:
                             break
-                        if c.save_every_steps and step % c.save_every_steps == 0:
+                        if save:
                             if step_log is not None:
                                 step_log.flush()
                             self._save_resume(epoch, batch, step, history, partial)
@@ -361,6 +362,26 @@ class Trainer:
             paths["resume"].unlink(missing_ok=True)
         D.barrier()
         return ckpt
+
+    def _read_losses(self, pending: list, partial: dict[str, Any], history: list[dict], step_log: Any) -> float:
+        """Read the losses of the ``pending`` steps back from the device (one host sync for all of them), add
+        them to the epoch's running sum and the step log in order; raise :class:`TrainingDiverged` at the first
+        non-finite one. Returns the last loss (nan if none is pending)."""
+        if not pending:
+            return math.nan
+        losses = torch.stack([p[2] for p in pending]).tolist()
+        rows, pending[:] = list(pending), []
+        for (step, epoch, _, lr, metrics), loss in zip(rows, losses):
+            if not math.isfinite(loss):
+                history.append({"epoch": epoch + 1, "step": step, "diverged": True, "loss": loss})
+                if D.is_main():
+                    atomic_write_jsonl(self.paths["metrics"], history)
+                raise TrainingDiverged(f"loss became {loss} at step {step} (epoch {epoch + 1})")
+            partial["loss_sum"] += loss
+            partial["n"] += 1
+            if step_log is not None:
+                step_log.write(_json_line({"step": step, "epoch": epoch, "loss": loss, "lr": lr, **metrics}))
+        return losses[-1]
 
     def _stop_rule(self, row: dict[str, Any]) -> str | None:
         c = self.config

@@ -21,7 +21,8 @@ def test_every_method_declares_its_precision():
 
 
 def test_auto_is_bf16_on_cuda_except_for_full_precision_methods():
-    assert resolve_amp("auto", "cuda", "sam") == ("bf16", None)
+    assert resolve_amp("auto", "cuda", "asam") == ("bf16", None)
+    assert resolve_amp("auto", "cuda", "sgd") == ("bf16", None)
     assert resolve_amp("auto", "cpu", "layer_sam") == ("none", None)
     assert resolve_amp("auto", "mps", "sam") == ("none", None)
     for name in FULL_PRECISION:
@@ -34,7 +35,7 @@ def test_explicit_reduced_precision_is_honoured_with_a_warning():
         assert resolve_amp("bf16", "cuda", "gnr") == ("bf16", None)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert resolve_amp("fp16", "cuda", "sam") == ("fp16", None)
+        assert resolve_amp("fp16", "cuda", "asam") == ("fp16", None)
         assert resolve_amp("none", "cuda", "gnr") == ("none", None)
     with pytest.raises(ValueError, match="amp must be auto, none, bf16 or fp16, got 'fp8'"):
         resolve_amp("fp8", "cuda", "sam")
@@ -61,13 +62,25 @@ def test_bf16_swamps_the_sharpness_part_of_full_precision_methods(name):
     assert deviation(name, None, seed=0) == 0.0
 
 
-def test_bf16_keeps_the_sharpness_part_of_sam():
-    assert deviation("sam", torch.bfloat16, seed=0) < MAX_DEVIATION
+def test_bf16_keeps_the_sharpness_part_of_asam():
+    assert deviation("asam", torch.bfloat16, seed=0) < MAX_DEVIATION
+
+
+def test_sam_family_trains_in_float32_under_auto_and_bf16_stays_available():
+    """SAM's bf16 update moved by 0.28-0.32 of its sharpness part: auto picks float32 with a one-line notice;
+    an explicit --amp bf16 is honoured (with the warning)."""
+    torch.set_num_threads(1)
+    assert deviation("sam", torch.bfloat16, seed=0) > MAX_DEVIATION
+    for name in ("sam", "gsam", "looksam", "ae_sam", "rst", "lets_sam", "esam"):
+        amp, note = resolve_amp("auto", "cuda", name)
+        assert amp == "none" and "\n" not in note and note.startswith(f"amp auto: {name} trains in float32")
+        with pytest.warns(UserWarning, match=f"--amp bf16 with {name}"):
+            assert resolve_amp("bf16", "cuda", name) == ("bf16", None)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(set(FULL_PRECISION) | REDUCED_PRECISION_OK - {"sgd", "adamw", "rst"}))
+@pytest.mark.parametrize("name", sorted((set(FULL_PRECISION) | REDUCED_PRECISION_OK) - {"sgd", "adamw", "rst"}))
 def test_declared_precision_matches_the_emulated_bf16_deviation(name):
     torch.set_num_threads(1)
-    d = deviation(name, torch.bfloat16, seed=1)
+    d = max(deviation(name, torch.bfloat16, seed=s) for s in range(3))
     assert (d > MAX_DEVIATION) == (name in FULL_PRECISION), d

@@ -83,3 +83,68 @@ def test_data_parallel_shards_see_the_single_process_augmentation():
     for (xs, ys), (x0, y0), (x1, y1) in zip(single, *ranks):
         assert torch.equal(xs[0::2], x0) and torch.equal(xs[1::2], x1)
         assert torch.equal(ys[0::2], y0) and torch.equal(ys[1::2], y1)
+
+
+class _Counting(CropFlip):
+    """CropFlip that records how many images each call augments."""
+
+    def __call__(self, x, generator, rows=None, total=None):
+        self.sizes.append(len(x))
+        return super().__call__(x, generator, rows=rows, total=total)
+
+
+def test_each_rank_augments_its_own_shard_only():
+    """Under DDP every rank used to augment the whole global batch; now it augments its rows only, with the whole
+    batch's draws, so the images stay those of one process (also for 3 ranks and an uneven tail)."""
+    x, y = images(22, h=6, w=6), torch.arange(22)
+    single = BatchLoader(x, y, 9, shuffle=True, seed=4, augment=CropFlip(padding=2, fill=-1.0))
+    for world in (2, 3):
+        augments = [_Counting(padding=2, fill=-1.0) for _ in range(world)]
+        for a in augments:
+            object.__setattr__(a, "sizes", [])
+        ranks = [BatchLoader(x, y, 9, shuffle=True, seed=4, augment=augments[r], rank=r, world_size=world)
+                 for r in range(world)]
+        for (xs, ys), *shards in zip(single, *ranks):
+            for r, (xr, yr) in enumerate(shards):
+                assert torch.equal(xs[r::world], xr) and torch.equal(ys[r::world], yr)
+        for r, a in enumerate(augments):  # batches of 9, 9 and a tail of 4
+            assert a.sizes == [len(range(r, n, world)) for n in (9, 9, 4)]
+
+
+def test_an_augmentation_without_rows_still_sees_the_global_batch():
+    x, y = images(8, h=6, w=6), torch.arange(8)
+    seen = []
+
+    def plain(xb, generator):
+        seen.append(len(xb))
+        return CropFlip(padding=1)(xb, generator)
+
+    ref = BatchLoader(x, y, 8, seed=2, augment=CropFlip(padding=1))
+    shard = BatchLoader(x, y, 8, seed=2, augment=plain, rank=1, world_size=2)
+    assert torch.equal(next(iter(shard))[0], next(iter(ref))[0][1::2]) and seen == [8]
+
+
+def test_batches_for_a_gpu_come_from_pinned_memory_without_blocking(monkeypatch):
+    from landscape.data.loader import pins_memory
+
+    assert pins_memory(torch.device("cuda", 0)) and not pins_memory(torch.device("cpu"))
+    assert not pins_memory(torch.device("mps")) and not pins_memory(None)
+    calls = []
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: calls.append("pin") or self)
+    to = torch.Tensor.to
+
+    def fake_to(self, *args, **kwargs):  # no GPU here: record the copy, keep the tensor on the CPU
+        if args and torch.device(args[0]).type == "cuda":
+            calls.append(("to", torch.device(args[0]), kwargs.get("non_blocking")))
+            return self
+        return to(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", fake_to)
+    x, y = images(8, h=6, w=6), torch.arange(8)
+    loader = BatchLoader(x, y, 4, augment=CropFlip(padding=1), device="cuda:1")
+    next(iter(loader))
+    assert calls == ["pin", ("to", torch.device("cuda", 1), True)] * 2  # x and y
+    cpu = BatchLoader(x, y, 4, device="cpu")
+    calls.clear()
+    next(iter(cpu))
+    assert calls == []

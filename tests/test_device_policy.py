@@ -163,3 +163,20 @@ def test_joining_nccl_sets_the_rank_gpu_first(gpus, monkeypatch):
     monkeypatch.setattr(dist, "init_process_group", lambda backend: joined.append((backend, list(current))))
     D.init_from_env("cuda")
     assert joined == [("nccl", [torch.device("cuda", 2)])]
+
+
+def test_memory_budget_counts_pytorchs_cached_free_memory(monkeypatch):
+    """``mem_get_info`` alone misses what the caching allocator holds reserved but unused: free to this process."""
+    from landscape.objective.core import _free_memory
+
+    gib = 1 << 30
+    seen = []
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda d=None: seen.append(d) or (2 * gib, 80 * gib))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda d=None: 30 * gib)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda d=None: 10 * gib)
+    cuda1 = torch.device("cuda", 1)
+    assert D.free_memory(cuda1) == 22 * gib
+    assert _free_memory(cuda1) == 22 * gib  # the Objective's chunk and cache budgets
+    assert seen == [cuda1, cuda1]
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda d=None: 31 * gib)  # never below the driver's free
+    assert D.free_memory(cuda1) == 2 * gib

@@ -17,6 +17,10 @@ class CropFlip:
     with probability ``flip_p``. The draws (offsets, then flips) come only from
     ``generator`` (a CPU generator; the images may live on any device), so the
     result is a function of the batch and the generator.
+
+    ``rows``: ``x`` holds only these rows (positions) of a batch of ``total`` images, e.g. one data-parallel
+    rank's shard: the draws are made for the whole batch and the shard's are applied, so the result is the
+    whole batch's augmentation restricted to ``rows``, at the cost of the shard only.
     """
 
     padding: int = 4
@@ -24,10 +28,16 @@ class CropFlip:
     fill: Sequence[float] | float = 0.0
     flip_p: float = 0.5
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, generator: torch.Generator, rows: torch.Tensor | None = None,
+                 total: int | None = None) -> torch.Tensor:
         if x.dim() != 4:
             raise ValueError(f"CropFlip expects (N, C, H, W) images, got shape {tuple(x.shape)}")
         n, c, h, w = x.shape
+        drawn = n if rows is None else int(total if total is not None else n)  # draws for the whole batch
+
+        def mine(t: torch.Tensor) -> torch.Tensor:
+            return (t if rows is None else t[rows]).to(x.device)
+
         p = int(self.padding)
         if p > 0:
             fill = torch.as_tensor(self.fill, dtype=x.dtype, device=x.device).reshape(-1)
@@ -36,14 +46,14 @@ class CropFlip:
             padded = x.new_empty(n, c, h + 2 * p, w + 2 * p)
             padded[:] = fill.view(1, -1, 1, 1)  # one value per channel, or one for all
             padded[:, :, p : p + h, p : p + w] = x
-            dy = torch.randint(0, 2 * p + 1, (n,), generator=generator).to(x.device)
-            dx = torch.randint(0, 2 * p + 1, (n,), generator=generator).to(x.device)
+            dy = mine(torch.randint(0, 2 * p + 1, (drawn,), generator=generator))
+            dx = mine(torch.randint(0, 2 * p + 1, (drawn,), generator=generator))
             ar = lambda k: torch.arange(k, device=x.device)  # noqa: E731
-            rows = (dy[:, None] + ar(h))[:, None, :, None]  # (N, 1, H, 1)
-            cols = (dx[:, None] + ar(w))[:, None, None, :]  # (N, 1, 1, W)
-            x = padded[ar(n)[:, None, None, None], ar(c)[None, :, None, None], rows, cols]
+            ys = (dy[:, None] + ar(h))[:, None, :, None]  # (N, 1, H, 1)
+            xs = (dx[:, None] + ar(w))[:, None, None, :]  # (N, 1, 1, W)
+            x = padded[ar(n)[:, None, None, None], ar(c)[None, :, None, None], ys, xs]
         if self.flip:
-            mirror = (torch.rand(n, generator=generator) < self.flip_p).to(x.device)
+            mirror = mine(torch.rand(drawn, generator=generator) < self.flip_p)
             x = torch.where(mirror[:, None, None, None], x.flip(-1), x)
         return x
 

@@ -6,12 +6,19 @@ The order of epoch ``e`` is ``randperm(N)`` drawn from a generator seeded with
 reproduces an uninterrupted run exactly, and the global batch is the same for
 any number of data-parallel ranks: rank ``r`` of ``W`` takes rows
 ``r::W`` of every global batch, so the all-reduced mean gradient equals the
-single-process one (up to float rounding). Augmentation runs on the global
-batch before it is split over ranks, so it too is independent of the rank count.
+single-process one (up to float rounding). Augmentation is the global batch's
+restricted to the rank's rows, so it too is independent of the rank count; an
+augmentation that takes ``rows`` (:class:`landscape.data.augment.CropFlip`)
+works on the rank's shard only, any other on the global batch.
+
+``device``: batches are moved there (from pinned memory, without blocking, when
+it is a GPU) and augmented there.
 """
 from __future__ import annotations
 
 from typing import Iterator
+
+import inspect
 
 import torch
 
@@ -47,6 +54,7 @@ class BatchLoader:
         augment: Augment | None = None,
         rank: int = 0,
         world_size: int = 1,
+        device: torch.device | str | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -59,6 +67,9 @@ class BatchLoader:
         self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
         self.augment = augment
         self.rank, self.world_size = rank, world_size
+        self.device = None if device is None else torch.device(device)
+        self.pin_memory = pins_memory(self.device)
+        self.shards_augment = augment is not None and _takes_rows(augment)
         self.epoch = 0
         self.start_batch = 0
 
@@ -82,10 +93,33 @@ class BatchLoader:
             if len(idx) < self.world_size:
                 return  # a tail too small to give every rank a row
             mine = idx[self.rank :: self.world_size]
-            if self.augment is None:
-                yield self.x[mine], self.y[mine]
-                continue
-            # Augment the global batch, then shard it: the images do not depend on the rank count.
-            xb = self.augment(self.x[idx], _generator(self.seed, self.epoch, b, 7))
-            yield xb[self.rank :: self.world_size], self.y[mine]
+            x, y = self._to_device(self.x[mine]), self._to_device(self.y[mine])
+            if self.augment is not None:  # the global batch's augmentation, on the shard's rows
+                gen = _generator(self.seed, self.epoch, b, 7)
+                if self.shards_augment:  # the whole batch's draws, the shard's images only
+                    x = self.augment(x, gen, rows=torch.arange(self.rank, len(idx), self.world_size),
+                                     total=len(idx))
+                else:
+                    x = self.augment(self._to_device(self.x[idx]), gen)[self.rank :: self.world_size]
+            yield x, y
         self.start_batch = 0
+
+    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+        if self.device is None:
+            return t
+        if self.pin_memory:
+            t = t.pin_memory()
+        return t.to(self.device, non_blocking=self.pin_memory)
+
+
+def pins_memory(device: torch.device | None) -> bool:
+    """Whether batches bound for ``device`` go through pinned host memory: for a CUDA GPU (an asynchronous copy
+    from page-locked memory); elsewhere pinning buys nothing."""
+    return device is not None and device.type == "cuda"
+
+
+def _takes_rows(augment: Augment) -> bool:
+    try:
+        return "rows" in inspect.signature(augment).parameters
+    except (TypeError, ValueError):
+        return False

@@ -732,15 +732,10 @@ class Objective:
 
 
 def _free_memory(device: torch.device) -> int:
-    """Free bytes on ``device`` (CUDA: free device memory; otherwise available RAM; 1 GiB if unknown)."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        import os
+    """Free bytes on ``device`` (:func:`landscape.distributed.free_memory`: CUDA counts PyTorch's cached memory)."""
+    from landscape.distributed import free_memory
 
-        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):
-        return 1 << 30
+    return free_memory(device)
 
 
 def _sync(device: torch.device) -> None:
