@@ -23,7 +23,8 @@ Sections (one cell = one section on one workload; the study section has one cell
 * ``memory``: peak extra resident memory of top-5 eigenvalues, one fresh subprocess per contender: the
   peak RSS (``VmHWM``, reset through ``/proc/self/clear_refs``) minus the RSS just before the call, after
   the model, data and the contender's library are loaded and one warm-up run of the same contender has gone
-  (so imports and one-time set-up are not counted against whoever runs first).
+  (so imports and one-time set-up are not counted against whoever runs first); glibc is told to return freed
+  memory (``MALLOC_ENV``, ``malloc_trim``), so the measured run cannot hide its peak in the warm-up's leftovers.
 * ``study``: a tiny study (8 runs) through ``landscape study`` with 2 Ray workers and with the local
   process pool of 2 workers: runs per minute, Ray's cluster start included.
 
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import ctypes
 import gc
 import json
 import os
@@ -442,6 +444,9 @@ MEMORY_CONTENDERS = ("ours (default)", "ours cache_graph=False, hvp_mode=reverse
                      "pyhessian tol=0.001")
 
 
+# glibc: blocks >= 64 KiB are mmap-ed (returned to the OS when freed) and the heap is trimmed, so a run
+# after the warm-up cannot hide its peak in memory the warm-up freed but kept.
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
 MEMORY_OPTIONS = {"ours (default)": {}, "ours cache_graph=False, hvp_mode=reverse":
                   {"cache_graph": False, "hvp_mode": "reverse"}, "ours low_memory=True": {"low_memory": True}}
 
@@ -486,6 +491,7 @@ def memory_child(path: str, contender: str, threads: int) -> dict:
             return r.eigenvalues.tolist(), r.num_matvecs
     run()  # a warm-up run: imports, one-time kernels and allocator set-up are not counted
     gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # what the warm-up freed goes back to the OS (see MALLOC_ENV)
     Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (the peak RSS) to the current RSS
     base = _rss_kb("VmRSS")
     values, hvps = run()
@@ -507,10 +513,10 @@ def memory(w: wl.Workload, args: argparse.Namespace) -> dict:
                 code = (f"import json,sys; sys.path.insert(0, {str(ROOT)!r}); from benchmarks.matrix import "
                         f"memory_child; print('@@' + json.dumps(memory_child({str(path)!r}, {c!r}, {args.threads})))")
                 p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900,
-                                   env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                                   env={**os.environ, **MALLOC_ENV, "PYTHONPATH": os.pathsep.join(
                                        [str(ROOT), os.environ.get("PYTHONPATH", "")])})
                 out = [ln for ln in p.stdout.splitlines() if ln.startswith("@@")]
-                r = json.loads(out[-1][2:]) if out else {"failed": p.stderr.strip().splitlines()[-1:]}
+                r = json.loads(out[-1][2:]) if out else {"failed": (p.stderr.strip().splitlines() or ["?"])[-1]}
                 res[c].append({**r, "load": round(load, 2)})
     base = [r.get("extra_mib") for r in res["pyhessian tol=0.001"]]
     for c, rs in res.items():

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("pyhessian")
 pytest.importorskip("curvlinops")
@@ -15,9 +16,26 @@ pytest.importorskip("loss_landscapes")
 pytest.importorskip("pytorch_optimizer")
 
 from benchmarks import matrix  # noqa: E402
+from benchmarks import workloads as wl  # noqa: E402
 
 pytestmark = [pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning"),
               pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph=True:UserWarning")]
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    """``mlp/small`` replaced by a 610-parameter MLP on 256 digits (every cell fast; a dense Hessian is cheap)."""
+    from landscape.models.mlp import MLP
+
+    def load(family: str, size: str = "small", steps: int = 50, seed: int = 0) -> wl.Workload:
+        torch.manual_seed(seed)
+        x, y = wl._images(256, "flat")
+        model = MLP(input_shape=[64], num_outputs=10, hidden=[8])
+        wl._train(model, x, y, steps, seed)
+        return wl.Workload(f"{family}/{size}", family, size, model, x, y, 128)
+
+    monkeypatch.setattr(matrix.wl, "load", load)
+    return ["--quick", "--workloads", "mlp/small"]
 
 
 def rows(cell: dict) -> dict[str, dict]:
@@ -33,19 +51,18 @@ def check_trace(cell: dict, kind: str) -> None:
         assert r["budget"] == r["hvps"] == 30 and 0 < r["rms_rel_error"] < 0.5, name
 
 
-def test_matrix_cells_on_the_small_cnn(tmp_path, capsys):
+def test_matrix_cells(tiny, tmp_path, capsys):
     out = tmp_path / "m.json"
-    argv = ["--quick", "--workloads", "cnn/small", "--sections", "eigen,trace,surface,sam-step", "--out", str(out),
-            "--exact-max-params", "0", "--reference-budget", "60"]  # a short trace reference: fast
+    argv = [*tiny, "--sections", "eigen,trace,surface,sam-step", "--out", str(out)]
     res = matrix.main(argv)
-    cells = res["cells"]
-    assert set(cells) == {"eigen/cnn/small", "trace/cnn/small", "surface/cnn/small", "sam-step/cnn/small"}
+    cells = {k.replace("mlp/small", "w"): c for k, c in res["cells"].items()}
+    assert set(cells) == {"eigen/w", "trace/w", "surface/w", "sam-step/w"}
     for c in cells.values():
         assert "error" not in c, c.get("error")
         assert c["machine_start"]["threads"] == 1 and len(c["machine_start"]["load"]) == 3
 
-    eig = rows(cells["eigen/cnn/small"])
-    ref = np.array(cells["eigen/cnn/small"]["reference"]["eigenvalues"])
+    eig = rows(cells["eigen/w"])
+    ref = np.array(cells["eigen/w"]["reference"]["eigenvalues"])
     assert len(ref) == 5 and np.all(np.diff(ref) <= 0)
     ours = eig["ours (default)"]
     assert ours["error"] < 1e-4 and ours["hvps"] == int(ours["hvps"]) >= 5
@@ -56,35 +73,39 @@ def test_matrix_cells_on_the_small_cnn(tmp_path, capsys):
         if not name.startswith("ours"):
             assert r["best_setting"] and r["hvp_ratio"] == pytest.approx(r["hvps"] / ours["hvps"])
 
-    check_trace(cells["trace/cnn/small"], "long run")
+    check_trace(cells["trace/w"], "exact")  # 610 parameters: a dense float64 Hessian
 
-    s = rows(cells["surface/cnn/small"])
+    s = rows(cells["surface/w"])
     assert s["ours (landscape.surface)"]["max_abs_diff_vs_loop"] < 1e-4  # the same surface as the plain loop
     assert s["module loop"]["speed_vs_loop"]["median"] == 1.0
     for r in s.values():
         assert "failed" not in r, r
         assert r["points"] == 441 and r["gflops"] > 0
-    assert cells["surface/cnn/small"]["mm_roofline_gflops"] > 0
+    assert cells["surface/w"]["mm_roofline_gflops"] > 0
 
-    sam = rows(cells["sam-step/cnn/small"])
+    sam = rows(cells["sam-step/w"])
     assert set(sam) == {"ours sam", "pytorch_optimizer SAM", "ours gsam", "pytorch_optimizer GSAM"}
     assert {r["forwards_per_step"] for r in sam.values()} == {2}
 
     table = capsys.readouterr().out
     for section in ("### eigen", "### trace", "### surface", "### sam-step"):
         assert section in table
-    assert json.loads(out.read_text())["cells"].keys() == cells.keys()
+    assert json.loads(out.read_text())["cells"].keys() == res["cells"].keys()
 
     matrix.main(argv)  # resumable: the finished cells are skipped, not recomputed
     assert capsys.readouterr().out.count("done before, skipped") == 4
 
 
-@pytest.mark.slow  # ~2-3 min: a dense Hessian, a fresh process per contender, a study on two backends
-def test_matrix_exact_trace_memory_and_study(tmp_path):
-    res = matrix.main(["--quick", "--workloads", "cnn/small", "--sections", "trace,memory,study",
-                       "--out", str(tmp_path / "m.json")])
-    check_trace(res["cells"]["trace/cnn/small"], "exact")  # 1034 parameters: a dense float64 Hessian
-    mem = rows(res["cells"]["memory/cnn/small"])
+def test_matrix_long_run_trace_reference(tiny, tmp_path):
+    res = matrix.main([*tiny, "--sections", "trace", "--out", str(tmp_path / "m.json"), "--exact-max-params", "0"])
+    check_trace(res["cells"]["trace/mlp/small"], "long run: ours")
+    assert "300 HVPs" in res["cells"]["trace/mlp/small"]["reference"]["kind"]
+
+
+@pytest.mark.slow  # ~1-2 min: a fresh process per contender, a study on two backends (Ray's start)
+def test_matrix_memory_and_study(tiny, tmp_path):
+    res = matrix.main([*tiny, "--sections", "memory,study", "--out", str(tmp_path / "m.json")])
+    mem = rows(res["cells"]["memory/mlp/small"])
     for name in ("ours (default)", "pyhessian tol=0.001"):
         assert mem[name]["extra_mib"]["median"] >= 0 and mem[name]["hvps"] > 0
     study = rows(res["cells"]["study"])
