@@ -440,26 +440,32 @@ def sam_step(w: wl.Workload, args: argparse.Namespace) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- memory
-MEMORY_CONTENDERS = ("ours (default)", "ours cache_graph=False, hvp_mode=reverse", "ours low_memory=True",
+MEMORY_CONTENDERS = ("ours (default)", "ours cache_graph=False, hvp_mode=reverse", "ours low-memory mode",
                      "pyhessian tol=0.001")
+# The Objective's low-memory mode, by any of these spellings (the first it accepts); absent: the row says so.
+LOW_MEMORY_SPELLINGS = ({"low_memory": True}, {"memory": "low"}, {"memory_mode": "low"})
 
 
 # glibc: blocks >= 64 KiB are mmap-ed (returned to the OS when freed) and the heap is trimmed, so a run
 # after the warm-up cannot hide its peak in memory the warm-up freed but kept.
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
 MEMORY_OPTIONS = {"ours (default)": {}, "ours cache_graph=False, hvp_mode=reverse":
-                  {"cache_graph": False, "hvp_mode": "reverse"}, "ours low_memory=True": {"low_memory": True}}
+                  {"cache_graph": False, "hvp_mode": "reverse"}}
 
 
-def offered(w: wl.Workload, opts: dict) -> str | None:
-    """None if the Objective takes ``opts`` in this checkout, else why not (the low-memory mode may be absent)."""
+def memory_options(w: wl.Workload, contender: str) -> dict | str:
+    """The Objective options of ``contender``, or why it cannot run in this checkout (a string)."""
     from landscape.objective import Objective
 
-    try:
-        Objective(w.model, w.x[:1], w.y[:1], loss=w.criterion, **opts)
-    except TypeError as e:
-        return f"not offered here ({e})"
-    return None
+    if contender in MEMORY_OPTIONS:
+        return MEMORY_OPTIONS[contender]
+    for opts in LOW_MEMORY_SPELLINGS:
+        try:
+            Objective(w.model, w.x[:1], w.y[:1], loss=w.criterion, **opts)
+            return opts
+        except (TypeError, ValueError):
+            continue
+    return "not offered here (the Objective takes none of " + ", ".join(map(str, LOW_MEMORY_SPELLINGS)) + ")"
 
 
 def _rss_kb(field: str) -> int:
@@ -469,7 +475,7 @@ def _rss_kb(field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
-def memory_child(path: str, contender: str, threads: int) -> dict:
+def memory_child(path: str, contender: str, threads: int, opts: dict | None = None) -> dict:
     """In a fresh process: the peak extra RSS of one top-5 run of ``contender`` on the pickled workload."""
     torch.set_num_threads(threads)
     w = torch.load(path, weights_only=False)
@@ -483,7 +489,7 @@ def memory_child(path: str, contender: str, threads: int) -> dict:
         loader = list(w.loader())
         run = lambda: pyhessian_eigen(w.model, loader, K, 0, 1e-3, criterion=FlatCrossEntropy())[:2]  # noqa: E731
     else:
-        opts = MEMORY_OPTIONS[contender]
+        opts = MEMORY_OPTIONS[contender] if opts is None else opts
 
         def run() -> tuple:
             obj = Objective(w.model, w.x, w.y, loss=w.criterion, batch_size=w.batch_size, **opts)
@@ -496,7 +502,7 @@ def memory_child(path: str, contender: str, threads: int) -> dict:
     base = _rss_kb("VmRSS")
     values, hvps = run()
     return {"extra_mib": (_rss_kb("VmHWM") - base) / 1024, "baseline_mib": base / 1024, "hvps": hvps,
-            "values": list(values)}
+            "values": list(values), "options": None if contender.startswith("pyhessian") else opts}
 
 
 def memory(w: wl.Workload, args: argparse.Namespace) -> dict:
@@ -507,11 +513,13 @@ def memory(w: wl.Workload, args: argparse.Namespace) -> dict:
         for _ in range(args.memory_repeats):  # interleaved, a fresh process each
             for c in MEMORY_CONTENDERS:
                 load = os.getloadavg()[0]
-                if c in MEMORY_OPTIONS and (skip := offered(w, MEMORY_OPTIONS[c])):
-                    res[c].append({"skipped": skip, "load": round(load, 2)})
+                opts = {} if c.startswith("pyhessian") else memory_options(w, c)
+                if isinstance(opts, str):
+                    res[c].append({"skipped": opts, "load": round(load, 2)})
                     continue
                 code = (f"import json,sys; sys.path.insert(0, {str(ROOT)!r}); from benchmarks.matrix import "
-                        f"memory_child; print('@@' + json.dumps(memory_child({str(path)!r}, {c!r}, {args.threads})))")
+                        f"memory_child; print('@@' + json.dumps(memory_child({str(path)!r}, {c!r}, {args.threads}, "
+                        f"{opts!r})))")
                 p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900,
                                    env={**os.environ, **MALLOC_ENV, "PYTHONPATH": os.pathsep.join(
                                        [str(ROOT), os.environ.get("PYTHONPATH", "")])})
@@ -525,7 +533,8 @@ def memory(w: wl.Workload, args: argparse.Namespace) -> dict:
             continue
         extra = [r["extra_mib"] for r in rs]
         vs = None if None in base or 0 in base else spread([a / b for a, b in zip(extra, base)])
-        rows.append({"contender": c, "extra_mib": spread(extra), "hvps": rs[0]["hvps"], "vs_pyhessian": vs,
+        rows.append({"contender": c, "options": rs[0].get("options"), "extra_mib": spread(extra), "hvps": rs[0]["hvps"],
+                     "vs_pyhessian": vs,
                      "loads": [r["load"] for r in rs], "threads": args.threads, "seeds": [0]})
     return {"method": "peak RSS (VmHWM after clear_refs=5) minus RSS before the call, fresh process per run",
             "rows": rows}
@@ -764,6 +773,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "matrix" / "matrix.json")
     p.add_argument("--fresh", action="store_true", help="recompute every cell (default: skip cells in --out)")
     p.add_argument("--steps", type=int, default=10, help="sam-step: steps per round")
+    p.add_argument("--trace-seeds", type=int, default=None, help="trace: seeds per budget [default: 5; --quick: 3]")
     p.add_argument("--exact-max-params", type=int, default=None,
                    help="trace: exact (dense) reference up to this many parameters [default: 5000; --quick: 1100]")
     p.add_argument("--reference-budget", type=int, default=None,
@@ -777,7 +787,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.workloads = ",".join(f"{f}/small" for f in wl.FAMILIES)
     args.workloads = wl.parse(args.workloads)
     args.repeats = args.repeats or (1 if args.quick else 3)
-    args.seeds_trace = 3 if args.quick else 10
+    args.seeds_trace = args.trace_seeds or (3 if args.quick else 5)
     args.memory_repeats = 1 if args.quick else 2
     args.study_repeats = 1 if args.quick else 2
     args.budgets = BUDGETS[:1] if args.quick else BUDGETS

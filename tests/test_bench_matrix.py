@@ -102,7 +102,7 @@ def test_matrix_long_run_trace_reference(tiny, tmp_path):
     assert "300 HVPs" in res["cells"]["trace/mlp/small"]["reference"]["kind"]
 
 
-@pytest.mark.slow  # ~1-2 min: a fresh process per contender, a study on two backends (Ray's start)
+@pytest.mark.slow  # 3 min at load 10: a fresh process per contender, a study on two backends (Ray's start)
 def test_matrix_memory_and_study(tiny, tmp_path):
     res = matrix.main([*tiny, "--sections", "memory,study", "--out", str(tmp_path / "m.json")])
     mem = rows(res["cells"]["memory/mlp/small"])
