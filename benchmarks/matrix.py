@@ -342,7 +342,7 @@ def surface(w: wl.Workload, args: argparse.Namespace) -> dict:
                              "failed": next(o["failed"] for o in v["outs"] if "failed" in o)})
                 continue
             med = statistics.median(v["walls"])
-            r = row(name, v, loop, grid=f"{n}x{n}", points=n * n, forward_passes=n * n,
+            r = row(name, v, loop, grid=f"{n}x{n}", points=n * n, forward_passes=n * n, seeds=[0],
                     points_per_s=n * n / med, gflops=flops * n * n / med / 1e9)
             r["speed_vs_loop"] = {k: 1 / x for k, x in zip(("median", "max", "min"), r.pop("wall_ratio").values())}
             if name.startswith("ours"):
@@ -431,10 +431,9 @@ def sam_step(w: wl.Workload, args: argparse.Namespace) -> dict:
     rows = []
     for name, v in res.items():
         v = {**v, "walls": [t / steps for t in v["walls"]]}
-        base = None if name.startswith("ours") else (
-            {**res["ours sam"], "walls": [t / steps for t in res["ours sam"]["walls"]]} if "SAM" in name else
-            {**res["ours gsam"], "walls": [t / steps for t in res["ours gsam"]["walls"]]})
-        rows.append(row(name, v, base, forwards_per_step=steppers[name].forwards, batch=len(x), steps=steps,
+        mine = "ours gsam" if "GSAM" in name else "ours sam"  # the anchor against our method of the same name
+        base = None if name.startswith("ours") else {**res[mine], "walls": [t / steps for t in res[mine]["walls"]]}
+        rows.append(row(name, v, base, forwards_per_step=steppers[name].forwards, batch=len(x), steps=steps, seeds=[0],
                         rho=rho, alpha=alpha if "gsam" in name.lower() else None))
     return {"rows": rows}
 
@@ -618,7 +617,7 @@ def cell_settings(section: str, args: argparse.Namespace) -> dict:
 def run_matrix(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     res: dict = {"cells": {}}
-    if args.out.exists() and not args.fresh:
+    if args.out.exists():  # cells of other sections / workloads are kept; --fresh recomputes the selected ones
         res = json.loads(args.out.read_text())
     res["setting"] = {"torch": torch.__version__, "threads": args.threads, "cpus": os.cpu_count(),
                       "command": " ".join(sys.argv)}
@@ -629,7 +628,7 @@ def run_matrix(args: argparse.Namespace) -> dict:
             key = f"{section}/{family}/{size}" if section != "study" else "study"
             settings = cell_settings(section, args)
             old = res["cells"].get(key)
-            if old is not None and old.get("settings") == settings and "error" not in old:
+            if old is not None and old.get("settings") == settings and "error" not in old and not args.fresh:
                 print(f"[{key}] done before, skipped", flush=True)
                 continue
             print(f"[{key}] ...", flush=True)
@@ -771,7 +770,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--full", action="store_true", help="51x51 surfaces on the large workloads too")
     p.add_argument("--threads", type=int, default=1, help="torch threads [default: 1]")
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "matrix" / "matrix.json")
-    p.add_argument("--fresh", action="store_true", help="recompute every cell (default: skip cells in --out)")
+    p.add_argument("--fresh", action="store_true",
+                   help="recompute the selected cells (default: skip those --out holds; other cells are kept)")
     p.add_argument("--steps", type=int, default=10, help="sam-step: steps per round")
     p.add_argument("--trace-seeds", type=int, default=None, help="trace: seeds per budget [default: 5; --quick: 3]")
     p.add_argument("--exact-max-params", type=int, default=None,

@@ -86,6 +86,9 @@ def test_matrix_cells(tiny, tmp_path, capsys):
     sam = rows(cells["sam-step/w"])
     assert set(sam) == {"ours sam", "pytorch_optimizer SAM", "ours gsam", "pytorch_optimizer GSAM"}
     assert {r["forwards_per_step"] for r in sam.values()} == {2}
+    for anchor, mine in (("pytorch_optimizer SAM", "ours sam"), ("pytorch_optimizer GSAM", "ours gsam")):
+        r = sam[anchor]  # one round: the ratio is the two walls' ratio, against our method of the same name
+        assert r["wall_ratio"]["median"] == pytest.approx(r["wall"]["median"] / sam[mine]["wall"]["median"])
 
     table = capsys.readouterr().out
     for section in ("### eigen", "### trace", "### surface", "### sam-step"):
@@ -94,6 +97,11 @@ def test_matrix_cells(tiny, tmp_path, capsys):
 
     matrix.main(argv)  # resumable: the finished cells are skipped, not recomputed
     assert capsys.readouterr().out.count("done before, skipped") == 4
+    again = matrix.main([*tiny, "--sections", "sam-step", "--out", str(out), "--fresh"])["cells"]
+    assert again.keys() == res["cells"].keys()  # --fresh recomputes the selected cells and keeps the others
+    assert again["sam-step/mlp/small"]["machine_start"] != res["cells"]["sam-step/mlp/small"]["machine_start"] or \
+        again["sam-step/mlp/small"]["seconds"] != res["cells"]["sam-step/mlp/small"]["seconds"]
+    assert again["eigen/mlp/small"] == json.loads(out.read_text())["cells"]["eigen/mlp/small"]
 
 
 def test_matrix_long_run_trace_reference(tiny, tmp_path):
