@@ -777,7 +777,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--exact-max-params", type=int, default=None,
                    help="trace: exact (dense) reference up to this many parameters [default: 5000; --quick: 1100]")
     p.add_argument("--reference-budget", type=int, default=None,
-                   help="trace: HVPs of the long float64 reference run [default: 2040; --quick: 300]")
+                   help="trace: HVPs of the long float64 reference run [default: 10x the largest budget: 1020; "
+                   "--quick: 300]")
     args = p.parse_args(argv)
     args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = set(args.sections) - set(SECTIONS)
@@ -794,7 +795,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.exact_max_params is None:
         args.exact_max_params = 1100 if args.quick else 5000
     if args.reference_budget is None:
-        args.reference_budget = (10 if args.quick else 20) * max(args.budgets)
+        args.reference_budget = 10 * max(args.budgets)
     return args
 
 
