@@ -253,7 +253,7 @@ def trace(w: wl.Workload, args: argparse.Namespace) -> dict:
 
 
 # --------------------------------------------------------------------------------------------- surface
-def mm_roofline(n: int = 1024, repeats: int = 5) -> float:
+def mm_roofline(n: int = 1024, repeats: int = 10) -> float:
     """GFLOP/s of an ``n x n`` float32 ``torch.mm`` on this process's threads (best of ``repeats``)."""
     a, b = torch.randn(n, n), torch.randn(n, n)
     torch.mm(a, b)
