@@ -91,21 +91,22 @@ def ours(model, x, y, bs, k, seed, **kw) -> tuple[list[float], int, dict]:
                                                    "stopped_by": r.stopped_by}
 
 
-def eigenthings(model, loader, k, seed, max_iter) -> tuple[list[float], int, dict]:
+def eigenthings(model, loader, k, seed, max_iter, criterion: nn.Module | None = None) -> tuple[list[float], int, dict]:
     from hessian_eigenthings import HessianOperator, lanczos as he_lanczos, supervised_loss
 
-    op = HessianOperator(model, loader, supervised_loss(nn.CrossEntropyLoss()), full_dataset=True)
+    op = HessianOperator(model, loader, supervised_loss(criterion or nn.CrossEntropyLoss()), full_dataset=True)
     op.matvec = Counted(op.matvec)
     r = he_lanczos(op, k=k, max_iter=max_iter, which="LA", seed=seed)
     return r.eigenvalues.tolist(), op.matvec.calls, {}
 
 
-def curvlinops_eigsh(model, loader, k, seed, tol, ncv=None) -> tuple[list[float], int, dict]:
+def curvlinops_eigsh(model, loader, k, seed, tol, ncv=None, criterion: nn.Module | None = None
+                     ) -> tuple[list[float], int, dict]:
     from curvlinops import HessianLinearOperator
     from scipy.sparse.linalg import LinearOperator
 
     params = [p for p in model.parameters() if p.requires_grad]
-    H = HessianLinearOperator(model, nn.CrossEntropyLoss(), params, loader, check_deterministic=False,
+    H = HessianLinearOperator(model, criterion or nn.CrossEntropyLoss(), params, loader, check_deterministic=False,
                               num_data=sum(len(b[1]) for b in loader)).to_scipy()
     mv = Counted(lambda V: H.matvec(V) if np.ndim(V) == 1 else H.matmat(V),
                  lambda V: 1 if np.ndim(V) == 1 else np.shape(V)[1])
@@ -127,10 +128,10 @@ def ours_product_eigsh(model, x, y, bs, k, seed, tol) -> tuple[list[float], int,
     return values, obj.counts["hessian"], {}
 
 
-def pyhessian(model, loader, k, seed, tol) -> tuple[list[float], int, dict]:
+def pyhessian(model, loader, k, seed, tol, criterion: nn.Module | None = None) -> tuple[list[float], int, dict]:
     from pyhessian import hessian
 
-    H = hessian(model, nn.CrossEntropyLoss(), dataloader=loader, cuda=False)
+    H = hessian(model, criterion or nn.CrossEntropyLoss(), dataloader=loader, cuda=False)
     H.dataloader_hv_product = Counted(H.dataloader_hv_product)
     torch.manual_seed(seed)
     values, _ = H.eigenvalues(top_n=k, tol=tol, maxIter=100 if tol >= 1e-3 else 1000)
