@@ -78,7 +78,9 @@ def ours(w, dirs, axes) -> tuple[np.ndarray, float, dict]:
 
     obj.auto_chunk_size = timed
     s = compute_surface({"train": obj}, dirs, axes)
-    return s["train_loss"], tuned["seconds"], {"chunk": s.meta["chunk_size"], "path": getattr(obj, "eval_path", "")}
+    first = getattr(obj, "_first_layers", None)
+    path = "vmap" if s.meta["chunk_size"] > 1 else "module+L1" if first is not None and first.served else "module"
+    return s["train_loss"], tuned["seconds"], {"chunk": s.meta["chunk_size"], "path": path}
 
 
 def main() -> None:

@@ -165,8 +165,8 @@ class FirstLayers:
             return None
         key = (id(m), x.data_ptr(), tuple(x.shape), x.stride())
         got = self.products.get(key)
-        if got is not None and got[0] is raw and got[1] == x._version:
-            return got[2]
+        if got is not None:  # modified in place since (a model writing into its input): the real layer
+            return got[2] if got[0] is raw and got[1] == x._version else None
         dtype, device = self.obj.dtype, self.obj.device
         shape = m.weight.shape
         W = torch.stack([self.base[ws], *(d[ws] for d in self.directions)]).to(device, dtype)
