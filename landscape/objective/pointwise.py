@@ -78,7 +78,8 @@ class FirstLayers:
     """Serves the layers applied to raw inputs from per-batch products (module docstring).
 
     ``directions``: ``(k, P)`` (float64), ``base``: the float64 ``w0`` the points are formed around. Use as a
-    context manager around the evaluation; per batch set :attr:`batch`, per point call :meth:`point`.
+    context manager around the evaluation; per batch set :attr:`batch` (its tensors), per point :attr:`coef`
+    (``[1, c_1, ..., c_k]``).
     Products are kept (across calls, keyed by the batch tensors) while they fit ``budget`` bytes."""
 
     def __init__(self, obj: Any, directions: torch.Tensor, base: torch.Tensor, budget: int) -> None:
@@ -118,10 +119,6 @@ class FirstLayers:
             for m, _, _ in self.layers:
                 m.__dict__.pop("forward", None)
 
-    def point(self, coords: np.ndarray) -> None:
-        """Serve the next forwards at the point with coordinates ``coords``."""
-        self.coef = torch.tensor([1.0, *map(float, coords)], dtype=self.obj.dtype, device=self.obj.device)
-
     def check(self, w: torch.Tensor, coords: np.ndarray) -> None:
         """A ValueError unless ``w``'s served slices are exactly ``base + sum_j coords_j d_j`` as
         :func:`~landscape.landscapes.surface.grid_points` forms them."""
@@ -132,12 +129,12 @@ class FirstLayers:
                 formed = self.base[s].clone()
                 for c, d in zip(coords, self.directions):
                     formed.add_(d[s].to(formed), alpha=float(c))
-                if not torch.equal(formed.to(w.dtype).to(w.device), w[s]):
+                if not torch.allclose(formed.to(w.dtype).to(w.device), w[s], rtol=0, atol=0, equal_nan=True):
                     raise ValueError("the points are not base + coords @ directions (plane= of evaluate_many)")
 
     def prune(self) -> None:
         """Stop serving the layers that got no products (their input is not raw data)."""
-        used = {key[0] for key in self.products}
+        used = {key[0] for key, got in self.products.items() if got[1] is not None}
         for m, _, _ in self.layers:
             if id(m) not in used:
                 m.__dict__.pop("forward", None)
@@ -147,26 +144,26 @@ class FirstLayers:
         real = type(m).forward.__get__(m)
 
         def forward(x: Any, *rest: Any) -> Any:
-            if self.coef is None or rest or not isinstance(x, torch.Tensor):
+            if self.coef is None or rest or type(x) is not torch.Tensor:
                 return real(x, *rest)
-            Y = self._products(m, ws, bs, x)
-            if Y is None:
+            # a kept entry's input lies in a live batch tensor's memory, so the same address is a view of it
+            got = self.products.get((id(m), x.data_ptr(), x.shape, x.stride(), x.dtype))
+            if got is None:
+                got = self._products(m, ws, bs, x)
+            version, Y, shape = got
+            if Y is None or x._version != version:  # no products, or the input was written into since
                 return real(x)
             self.served += 1
-            return (self.coef @ Y.flatten(1)).view(Y.shape[1:])
+            return (self.coef @ Y).view(shape)
         return forward
 
-    def _products(self, m: nn.Module, ws: slice, bs: slice | None, x: torch.Tensor) -> torch.Tensor | None:
-        """``[f(x; W0) + b0, f(x; D_1) + db_1, ...]`` stacked, or None when ``x`` is not an unmodified view of a
-        batch tensor (or the budget is spent)."""
-        raw = next((t for t in self.batch if t.untyped_storage().data_ptr() == x.untyped_storage().data_ptr()
-                    and t.dtype == x.dtype), None)
-        if raw is None:
-            return None
-        key = (id(m), x.data_ptr(), tuple(x.shape), x.stride())
-        got = self.products.get(key)
-        if got is not None:  # modified in place since (a model writing into its input): the real layer
-            return got[2] if got[0] is raw and got[1] == x._version else None
+    def _products(self, m: nn.Module, ws: slice, bs: slice | None, x: torch.Tensor) -> tuple:
+        """``(version, Y, shape)``: ``Y`` the products ``[f(x; W0) + b0, f(x; D_1) + db_1, ...]`` flattened to
+        rows, kept for ``x`` when it is a view of a batch tensor and they fit the budget; else ``Y`` is None."""
+        ptr = x.untyped_storage().data_ptr()
+        key = (id(m), x.data_ptr(), x.shape, x.stride(), x.dtype)
+        if not any(t.untyped_storage().data_ptr() == ptr for t in self.batch):
+            return (x._version, None, None)  # not raw data (and not kept: its address may be reused)
         dtype, device = self.obj.dtype, self.obj.device
         shape = m.weight.shape
         W = torch.stack([self.base[ws], *(d[ws] for d in self.directions)]).to(device, dtype)
@@ -180,11 +177,12 @@ class FirstLayers:
             Y += B.view(len(B), *[1] * (at - 1), *per_channel)
         elif b is not None:
             Y[0] += b.view(*per_channel)
-        if self.bytes + Y.numel() * Y.element_size() > self.budget:
-            return None
-        self.bytes += Y.numel() * Y.element_size()
-        self.products[key] = (raw, x._version, Y)
-        return Y
+        size = Y.numel() * Y.element_size()
+        fits = self.bytes + size <= self.budget
+        self.bytes += size if fits else 0
+        got = (x._version, Y.flatten(1) if fits else None, Y.shape[1:])
+        self.products[key] = got
+        return got
 
 
 def _value(obj: Any, batch: Any, index: int) -> LossValue:
@@ -216,16 +214,20 @@ def _merged(obj: Any, budget: int) -> list[tuple[int, Any]]:
     return list(enumerate(take_rows(source.data, slice(i, i + rows), source.rows) for i in range(0, source.rows, rows)))
 
 
-def _sums(obj: Any, values: list[LossValue]) -> torch.Tensor:
-    """``[total, count, correct, predictions]`` summed over the batches' values (float64)."""
+def _sums(obj: Any, values: list[LossValue], n: int) -> torch.Tensor:
+    """``(n, 4)`` float64 sums ``[total, count, correct, predictions]`` of ``n`` points' batch values (each
+    point's consecutive in ``values``)."""
     out = []
     for name in ("total", "count", "correct", "predictions"):
         xs = [getattr(v, name) for v in values]
-        if any(isinstance(x, torch.Tensor) for x in xs):
-            out.append(torch.stack([obj._scalar(x) for x in xs]).sum())
+        if all(isinstance(x, torch.Tensor) for x in xs):
+            col = torch.stack([x.detach().reshape(()) for x in xs]).to(obj._stat_dtype)
+        elif any(isinstance(x, torch.Tensor) for x in xs):
+            col = torch.stack([obj._scalar(x) for x in xs])
         else:
-            out.append(torch.tensor(sum(float(x) for x in xs if x is not None), dtype=obj._stat_dtype))
-    return torch.stack([t.to(obj.device) for t in out])
+            col = torch.tensor([0.0 if x is None else float(x) for x in xs], dtype=obj._stat_dtype)
+        out.append(col.to(obj.device).view(n, -1).sum(1))
+    return torch.stack(out, 1)
 
 
 def evaluate_points(obj: Any, W: torch.Tensor, row: Any, plane: tuple | None = None,
@@ -251,21 +253,24 @@ def evaluate_points(obj: Any, W: torch.Tensor, row: Any, plane: tuple | None = N
         if in_memory:
             batches = _merged(obj, budget)
             rows = sum(num_rows(b) for _, b in batches)
+            raws = [tensors(b) for _, b in batches]
             if first:
                 first.check(W[0], coords[0])
                 first.check(W[-1], coords[-1])
+                coefs = torch.tensor(np.concatenate([np.ones((len(W), 1)), coords], 1), dtype=obj.dtype,
+                                     device=obj.device)
+            values = []
             for r, w in enumerate(W):
                 written.write(w)
                 if first:
-                    first.point(coords[r])
-                values = []
-                for i, batch in batches:
+                    first.coef = coefs[r]
+                for (i, batch), raw in zip(batches, raws):
                     if first:
-                        first.batch = tensors(batch)
+                        first.batch = raw
                     values.append(_value(obj, batch, i))
-                sums[r] = _sums(obj, values)
                 if first and r == 0:
                     first.prune()
+            sums = _sums(obj, values, len(W))
         else:
             for i, batch in source.batches():
                 rows += num_rows(batch)
