@@ -261,3 +261,24 @@ def test_surface_point_by_point_matches_chunks():
     four = compute_surface({"train": Objective(model, x, y, batch_size=7)}, dirs, axes, chunk_size=4)
     np.testing.assert_allclose(one["train_loss"], four["train_loss"], rtol=2e-6)
     np.testing.assert_array_equal(one["train_acc"], four["train_acc"])
+
+
+def test_point_by_point_surface_resumes_to_the_same_numbers(tmp_path):
+    model, x, y, _ = make("mlp")
+    obj = Objective(model, x, y, batch_size=7)
+    dirs = random_directions(obj, 2, seed=0)
+    axes = [axis(-1, 1, 10), axis(-1, 1, 9)]  # 90 points: runs of 64 and 26
+
+    class Stop(Exception):
+        pass
+
+    def stop(surface):
+        raise Stop
+
+    with pytest.raises(Stop):
+        compute_surface({"train": obj}, dirs, axes, chunk_size=1, path=tmp_path / "s.npz", on_chunk=stop)
+    resumed = compute_surface({"train": Objective(model, x, y, batch_size=7)}, dirs, axes, chunk_size=1,
+                              path=tmp_path / "s.npz")
+    assert resumed.meta["runtime"]["points_computed"] == 26
+    full = compute_surface({"train": Objective(model, x, y, batch_size=7)}, dirs, axes, chunk_size=1)
+    np.testing.assert_array_equal(resumed["train_loss"], full["train_loss"])

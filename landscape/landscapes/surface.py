@@ -5,7 +5,9 @@ to the objective's dtype: ``c = 0`` is the checkpoint bit for bit, an interpolat
 end point). At each point every split's full-data (or fixed-subset) loss and accuracy are computed
 by :meth:`~landscape.objective.Objective.evaluate_many`, ``chunk_size`` points per ``vmap``-ed
 forward pass (``"auto"``: sized to memory and timed, see
-:meth:`~landscape.objective.Objective.auto_chunk_size`).
+:meth:`~landscape.objective.Objective.auto_chunk_size`); with 1, point after point in the module itself
+(runs of up to :data:`POINT_RUN` points per call), a first layer on the raw input served from products
+(:mod:`landscape.objective.pointwise`).
 
 The result file (``.npz``, loadable with ``allow_pickle=False``) holds ``axis_0`` (and
 ``axis_1``), one array per metric (``train_loss``, ``train_acc``, ``test_loss``, ...; shape
