@@ -485,13 +485,13 @@ class Objective:
             for rep in range(3):
                 _sync(self.device)
                 t0 = time.perf_counter()
-                if c == 1 and pointwise.supported(self):
+                whole = c == 1 and pointwise.supported(self)
+                if whole:
                     pointwise.evaluate_points(self, W, self._row)
-                    seconds = time.perf_counter() - t0
                 else:
                     self._evaluate_chunk(W, batch, 0)
-                    _sync(self.device)
-                    seconds = (time.perf_counter() - t0) / c / share
+                _sync(self.device)
+                seconds = (time.perf_counter() - t0) / (1 if whole else c * share)
                 best = min(best, seconds) if rep else best  # the first call is a warm-up
             return best
 
