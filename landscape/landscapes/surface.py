@@ -45,7 +45,8 @@ FORMAT_VERSION = 1
 UNVERIFIED = ("runtime", "complete", "chunk_size")
 """Metadata keys that may differ between a file and a resumed run."""
 POINT_RUN = 64
-"""Points per call of a point-by-point surface (``chunk_size`` 1): the module is written point after point."""
+"""Most points per call of a point-by-point surface (``chunk_size`` 1; fewer where their weight vectors would pass
+64 MiB): the module is written point after point."""
 
 
 def axis(lo: float, hi: float, points: int) -> np.ndarray:
@@ -241,8 +242,9 @@ def compute_surface(
     flat_done = surface.done.reshape(-1)
     chunks = [(i, min(i + chunk, n_points)) for i in range(0, n_points, chunk)]
     pending = [c for c in chunks if not flat_done[c[0]:c[1]].all()]
-    if chunk == 1 and bn == "frozen":  # point by point: runs of up to POINT_RUN pending points per call
-        pending = _runs([lo for lo, _ in pending], POINT_RUN)
+    if chunk == 1 and bn == "frozen":  # point by point: runs of pending points per call, their weights <= 64 MiB
+        run = (64 << 20) // max(1, first.num_params * first.w0.element_size())
+        pending = _runs([lo for lo, _ in pending], max(1, min(POINT_RUN, run)))
     # Points are formed in float64: on the device, or on the CPU where the device has no float64 (MPS).
     forming = first.device if D.accumulation_dtype(first.device) == torch.float64 else torch.device("cpu")
     base = first.w0.detach().to(forming, torch.float64)
