@@ -5,7 +5,9 @@ to the objective's dtype: ``c = 0`` is the checkpoint bit for bit, an interpolat
 end point). At each point every split's full-data (or fixed-subset) loss and accuracy are computed
 by :meth:`~landscape.objective.Objective.evaluate_many`, ``chunk_size`` points per ``vmap``-ed
 forward pass (``"auto"``: sized to memory and timed, see
-:meth:`~landscape.objective.Objective.auto_chunk_size`).
+:meth:`~landscape.objective.Objective.auto_chunk_size`); with 1, point after point in the module itself
+(runs of up to :data:`POINT_RUN` points per call), a first layer on the raw input served from products
+(:mod:`landscape.objective.pointwise`).
 
 The result file (``.npz``, loadable with ``allow_pickle=False``) holds ``axis_0`` (and
 ``axis_1``), one array per metric (``train_loss``, ``train_acc``, ``test_loss``, ...; shape
@@ -42,6 +44,9 @@ FORMAT = "landscape-surface"
 FORMAT_VERSION = 1
 UNVERIFIED = ("runtime", "complete", "chunk_size")
 """Metadata keys that may differ between a file and a resumed run."""
+POINT_RUN = 64
+"""Most points per call of a point-by-point surface (``chunk_size`` 1; fewer where their weight vectors would pass
+64 MiB): the module is written point after point."""
 
 
 def axis(lo: float, hi: float, points: int) -> np.ndarray:
@@ -221,7 +226,7 @@ def compute_surface(
         if bn == "recompute":
             chunk = 1
         elif chunk_size == "auto":
-            chunk = first.auto_chunk_size()
+            chunk = first.auto_chunk_size(points=n_points)
         else:
             chunk = int(chunk_size)
         if chunk < 1:
@@ -237,6 +242,9 @@ def compute_surface(
     flat_done = surface.done.reshape(-1)
     chunks = [(i, min(i + chunk, n_points)) for i in range(0, n_points, chunk)]
     pending = [c for c in chunks if not flat_done[c[0]:c[1]].all()]
+    if chunk == 1 and bn == "frozen":  # point by point: runs of pending points per call, their weights <= 64 MiB
+        run = (64 << 20) // max(1, first.num_params * first.w0.element_size())
+        pending = _runs([lo for lo, _ in pending], max(1, min(POINT_RUN, run)))
     # Points are formed in float64: on the device, or on the CPU where the device has no float64 (MPS).
     forming = first.device if D.accumulation_dtype(first.device) == torch.float64 else torch.device("cpu")
     base = first.w0.detach().to(forming, torch.float64)
@@ -251,7 +259,8 @@ def compute_surface(
             buffers = recompute_statistics(first, W[r], bn_source) if r is not None else None
             col = 0
             for obj in objectives.values():
-                res = obj.evaluate_many(W[sl], chunk_size=max(1, len(W[sl])), buffers=buffers)
+                res = obj.evaluate_many(W[sl], chunk_size=chunk if r is None else 1, buffers=buffers,
+                                        plane=(base, dirs, grid[lo:hi][sl]))
                 out[sl, col] = res["loss"]
                 if res["acc"] is not None:
                     out[sl, col + 1] = res["acc"]
@@ -277,7 +286,8 @@ def compute_surface(
         try:
             for r0 in range(0, len(pending), world):
                 round_chunks = pending[r0:r0 + world]
-                box = torch.zeros(world, chunk, len(metric_names), dtype=torch.float64)
+                box = torch.zeros(world, max(hi - lo for lo, hi in round_chunks), len(metric_names),
+                                  dtype=torch.float64)
                 if me < len(round_chunks):
                     lo, hi = round_chunks[me]
                     box[me, :hi - lo] = torch.from_numpy(evaluate(lo, hi))
@@ -297,6 +307,17 @@ def compute_surface(
             if unsaved or previous is None or not surface.meta.get("complete"):
                 save(force=True)
     return surface
+
+
+def _runs(points: list[int], longest: int) -> list[tuple[int, int]]:
+    """Sorted point indices as ``(lo, hi)`` runs of consecutive indices, each at most ``longest`` long."""
+    runs: list[tuple[int, int]] = []
+    for p in points:
+        if runs and runs[-1][1] == p and p - runs[-1][0] < longest:
+            runs[-1] = (runs[-1][0], p + 1)
+        else:
+            runs.append((p, p + 1))
+    return runs
 
 
 def grid_points(w0: torch.Tensor, directions: torch.Tensor, coords: np.ndarray, dtype: torch.dtype) -> torch.Tensor:

@@ -40,7 +40,7 @@ from torch.func import functional_call, grad as func_grad, vmap
 
 from landscape.curvature.operators import CurvatureOperator
 from landscape.distributed import all_reduce_sum, rank, world_size
-from landscape.objective import products
+from landscape.objective import pointwise, products
 from landscape.objective.batches import group_rows, num_rows, row_dims, take_rows
 from landscape.objective.loss import Loss, LossError, LossValue, TaskLoss, as_loss, check_value
 from landscape.objective.parameters import ParamSpec, eval_mode, select_parameters
@@ -373,11 +373,17 @@ class Objective:
         return self.evaluate(w)["loss"]  # type: ignore[return-value]
 
     def evaluate_many(self, W: torch.Tensor, chunk_size: int | str = 16,
-                      buffers: Mapping[str, torch.Tensor] | None = None) -> dict[str, np.ndarray | None]:
+                      buffers: Mapping[str, torch.Tensor] | None = None,
+                      plane: tuple[Any, ...] | None = None) -> dict[str, np.ndarray | None]:
         """Loss and accuracy at each row of ``W`` (``(n, P)``) in one data pass, ``chunk_size`` points at a
         time through one ``vmap``-ed forward per micro-batch (``"auto"``: :meth:`auto_chunk_size`; a model
-        ``vmap`` cannot batch goes point by point). ``buffers`` replace the model's buffers (e.g. recomputed
-        BatchNorm statistics). Returns numpy arrays of length ``n``."""
+        ``vmap`` cannot batch goes point by point). One point at a time is written into the module itself
+        (:mod:`~landscape.objective.pointwise`, restored bit-exactly) where the model is already in this
+        objective's dtype and device and ``buffers`` is None. ``buffers`` replace the model's buffers (e.g.
+        recomputed BatchNorm statistics). ``plane=(base, directions, coords)``: the rows are ``base + coords @
+        directions`` formed as :func:`~landscape.landscapes.surface.grid_points` does; one point at a time,
+        a first Linear/Conv layer on the raw input is then evaluated as ``W0 x + sum_j c_j (D_j x)`` from
+        products kept per micro-batch. Returns numpy arrays of length ``n``."""
         W = self._block(W)
         if chunk_size == "auto":
             chunk_size = self.auto_chunk_size()
@@ -386,10 +392,13 @@ class Objective:
         sums = torch.zeros(len(W), 4, dtype=self._stat_dtype, device=self.device)
         rows = 0
         with torch.no_grad(), eval_mode(self.model):
-            for i, batch in self.source.batches():
-                for chunk, out in zip(W.split(chunk_size), sums.split(chunk_size)):
-                    out += self._evaluate_fitting(chunk, batch, i, buffers)
-                rows += num_rows(batch)
+            if min(chunk_size, len(W)) == 1 and buffers is None and pointwise.supported(self):
+                sums, rows = pointwise.evaluate_points(self, W, self._row, plane, _free_memory(self.device) // 8)
+            else:
+                for i, batch in self.source.batches():
+                    for chunk, out in zip(W.split(chunk_size), sums.split(chunk_size)):
+                        out += self._evaluate_fitting(chunk, batch, i, buffers)
+                    rows += num_rows(batch)
         self.counts["passes"] += 1
         self.counts["loss"] += len(W)
         self._validated = True
@@ -420,10 +429,7 @@ class Objective:
     def _evaluate_chunk(self, chunk: torch.Tensor, batch: Any, index: int,
                         buffers: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
         """``(len(chunk), 4)`` rows ``[total, count, correct, predictions]`` of one micro-batch."""
-        def row(v: LossValue) -> torch.Tensor:
-            return torch.stack([self._scalar(v.total), self._scalar(v.count), self._scalar(v.correct),
-                                self._scalar(v.predictions)])
-
+        row = self._row
         if len(chunk) > 1 and self._vmap_points:
             try:
                 return vmap(lambda w: row(self.call(self.loss_spec.value, w, batch, buffers=buffers)))(chunk)
@@ -435,6 +441,11 @@ class Objective:
                               stacklevel=3)
         return torch.stack([row(self.value(w, batch, index, buffers)) for w in chunk])
 
+    def _row(self, v: LossValue) -> torch.Tensor:
+        """``[total, count, correct, predictions]`` of one batch's value."""
+        return torch.stack([self._scalar(v.total), self._scalar(v.count), self._scalar(v.correct),
+                            self._scalar(v.predictions)])
+
     def _scalar(self, x: Any) -> torch.Tensor:
         if x is None:
             return torch.zeros((), dtype=self._stat_dtype, device=self.device)
@@ -442,44 +453,56 @@ class Objective:
             return x.detach().reshape(()).to(self._stat_dtype)
         return torch.tensor(float(x), dtype=self._stat_dtype, device=self.device)
 
-    def auto_chunk_size(self, max_chunk: int = 256, memory: int | None = None) -> int:
+    def auto_chunk_size(self, max_chunk: int = 256, memory: int | None = None, points: int | None = None) -> int:
         """How many points :meth:`evaluate_many` should push through one ``vmap``-ed forward.
 
         The cap: the activations of one point on one micro-batch (all module outputs of a forward,
         an upper bound on what is alive at once) plus one weight vector, times the chunk, must fit
-        ``memory`` bytes (default: a quarter of the free device memory / available RAM). Below it, chunks
-        of 1, 4, 16, 64, 256 points are timed in turn on the first micro-batch (a warm-up, then the best
-        of 3 timings per point): a larger chunk is taken only while it is at least 10% faster per point
-        than the best so far, and the race stops at the first that is not. So a model that ``vmap``
-        batches well (MLPs, small micro-batches, GPUs) climbs to large chunks, while one it slows down (a
-        convolution under ``vmap`` becomes a grouped convolution, slower on a CPU) stops after timing 1
-        and 4 points: the tuning costs about 20 single-point evaluations there, not hundreds. Decided
-        once per objective (cached); every rank of a sharded objective gets rank 0's choice; 1 for a
-        model ``vmap`` cannot batch.
+        ``memory`` bytes (default: a quarter of the free device memory / available RAM). Below it, one point
+        at a time (written into the module where that path applies, timed on the whole data) races chunks of
+        4, 16, 64, 256 points timed in turn on the first micro-batch (a warm-up, then the best of 2, scaled to
+        the whole data): a larger chunk is taken only while it is at least 10% faster per point than the best
+        so far, and the race stops at the first that is not. ``points``: the evaluations the choice is for
+        (a surface's grid); the race then stops before its time would pass 3% of their estimated time. So a
+        model that ``vmap`` batches well (MLPs, small micro-batches, GPUs) climbs to large chunks, while one
+        it slows down (a convolution under ``vmap`` becomes a grouped convolution, slower on a CPU) stops
+        after 4. Decided once per objective (cached); every rank of a sharded objective gets rank 0's
+        choice; 1 for a model ``vmap`` cannot batch.
         """
         if self._auto_chunk is not None:
             return self._auto_chunk
+        start = time.perf_counter()
         batch = self.source.first()
         per_point = self.num_params * self.w0.element_size() + self._activation_bytes(batch)
         budget = memory if memory is not None else _free_memory(self.device) // 4
         cap = int(max(1, min(max_chunk, budget // max(1, per_point))))
+        share = num_rows(batch) / max(1, self.source.rows or num_rows(batch))  # the first batch's part of the data
 
         def per_point_time(c: int) -> float:
+            """Seconds per point on the whole data (estimated from the first batch for a chunk)."""
             W = self.w0.expand(c, -1)
-            self._evaluate_chunk(W, batch, 0)  # warm-up
             best = float("inf")
-            for _ in range(3):
+            for rep in range(3):
                 _sync(self.device)
                 t0 = time.perf_counter()
-                self._evaluate_chunk(W, batch, 0)
+                whole = c == 1 and pointwise.supported(self)
+                if whole:
+                    pointwise.evaluate_points(self, W, self._row)
+                else:
+                    self._evaluate_chunk(W, batch, 0)
                 _sync(self.device)
-                best = min(best, (time.perf_counter() - t0) / c)
+                seconds = (time.perf_counter() - t0) / (1 if whole else c * share)
+                best = min(best, seconds) if rep else best  # the first call is a warm-up
             return best
 
         with torch.no_grad(), eval_mode(self.model):
             best, fastest = 1, per_point_time(1)
+            allowed = float("inf") if points is None else 0.03 * points * fastest  # 3%: a chunk's first call
+            # (vmap's warm-up) costs more than the estimate below, and the whole tuning must stay under 5%
             for c in (4, 16, 64, 256):
                 if c > cap or not self._vmap_points:
+                    break
+                if time.perf_counter() - start + 3 * c * fastest * share > allowed:
                     break
                 try:
                     t = per_point_time(c)
