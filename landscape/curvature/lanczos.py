@@ -36,7 +36,7 @@ from landscape.progress import progress_bar
 
 WHICH = ("largest", "smallest", "both")
 MIN_NOISE_SAMPLES = 3
-LOW_MEMORY_EXTRA = 6  # default Krylov vectors beyond the wanted ones on a low_memory operator
+LOW_MEMORY_EXTRA = 3  # default Krylov vectors beyond the wanted ones on a low_memory operator
 
 
 @dataclass
@@ -231,7 +231,9 @@ def eigenvalue_bounds(theta: np.ndarray, idx: np.ndarray, residuals: np.ndarray)
     value, Parlett, *The Symmetric Eigenvalue Problem*, Sec. 11.7)."""
     if len(theta) < 2:
         return residuals.copy()
-    gaps = np.array([np.min(np.abs(np.delete(theta, i) - theta[i])) for i in idx])
+    D = np.abs(theta[idx, None] - theta[None, :])
+    D[np.arange(len(idx)), idx] = np.inf
+    gaps = D.min(axis=1)
     quad = np.divide(residuals**2, gaps, out=np.full_like(residuals, np.inf), where=gaps > 0)
     return np.minimum(residuals, quad)
 
@@ -256,14 +258,19 @@ def krylov_step(op: LinearOperator, Q: torch.Tensor, T: np.ndarray, j: int) -> t
     """
     W = op.matvec(Q[:, j])
     B = Q[:, : j + 1]
-    h = torch.einsum("rmp,rp->rm", B, W)
-    W -= torch.einsum("rm,rmp->rp", h, B)
-    h2 = torch.einsum("rmp,rp->rm", B, W)
-    W -= torch.einsum("rm,rmp->rp", h2, B)
+    h = project_out(W, B)
+    h2 = project_out(W, B)
     coef = (h + h2).cpu().numpy()
     T[:, : j + 1, j] = coef
     T[:, j, : j + 1] = coef
     return W, W.norm(dim=1).cpu().numpy()
+
+
+def project_out(W: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """``W_r -= B_r^T (B_r W_r)`` in place (no ``P``-sized temporary); returns the coefficients ``B_r W_r``."""
+    h = torch.einsum("rmp,rp->rm", B, W)
+    W.unsqueeze(2).baddbmm_(B.transpose(1, 2), h.unsqueeze(2), alpha=-1)
+    return h
 
 
 def next_vector(W: torch.Tensor, beta: np.ndarray, B: torch.Tensor, scale: np.ndarray,

@@ -628,7 +628,8 @@ class Objective:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         w = self._point(w)
         V = self._block(v)
-        out = torch.cat([self._matvec_pass(kind, w, chunk) for chunk in V.split(self.max_block)])
+        parts = [self._matvec_pass(kind, w, chunk) for chunk in V.split(self.max_block)]
+        out = parts[0] if len(parts) == 1 else torch.cat(parts)
         self.counts[kind] += len(V)
         return out.reshape(v.shape).to(v.device, v.dtype if v.is_floating_point() else self.dtype)
 
@@ -695,10 +696,11 @@ class Objective:
     def low_memory(self) -> bool:
         """Whether measures should keep compact workspaces (e.g. a float32 Krylov basis of few vectors):
         ``memory="low"``, or no gradient graph is kept because they would not fit ``graph_memory`` (decided
-        here from the first micro-batch's graph if no product has yet)."""
+        here for in-memory data from the first micro-batch's graph, kept, if no product has yet; a stream's is
+        known after its first Hessian product)."""
         if self.memory == "low" or self.cache_graph is False:
             return True
-        if self.cache_graph == "auto" and not self._graphs:
+        if self.cache_graph == "auto" and not self._graphs and isinstance(self.source, TensorSource):
             self._gradient_graph(0, self.source.first())
         return self.cache_graph is False
 
