@@ -86,8 +86,13 @@ def test_low_memory_float32_agrees_to_rounding_and_auto_picks_it_when_graphs_do_
         np.testing.assert_allclose(r.eigenvalues, ev, rtol=1e-5)
     tight = Objective(model, x.double(), y, batch_size=8, graph_memory=1000)  # the graphs cannot fit: low
     assert tight.low_memory and tight.cache_graph is False and not tight._graphs
+    model.train()  # the graph built to decide is the eval-mode one products reuse
     roomy = Objective(model, x.double(), y, batch_size=8)
     assert not roomy.low_memory and roomy.cache_graph is True and len(roomy._graphs) == 1  # the first, kept
+    v = torch.randn(roomy.num_params, dtype=torch.float64)
+    torch.testing.assert_close(roomy.hvp(v), Objective(model, x.double(), y, batch_size=8, cache_graph=False).hvp(v),
+                               rtol=1e-12, atol=1e-14)
+    model.eval()
     with pytest.raises(ValueError, match="memory"):
         Objective(model, x, y, memory="tiny")
 

@@ -701,7 +701,8 @@ class Objective:
         if self.memory == "low" or self.cache_graph is False:
             return True
         if self.cache_graph == "auto" and not self._graphs and isinstance(self.source, TensorSource):
-            self._gradient_graph(0, self.source.first())
+            with eval_mode(self.model):  # as in a pass: the graph is the one products reuse
+                self._gradient_graph(0, self.source.first())
         return self.cache_graph is False
 
     def release_graphs(self) -> None:
