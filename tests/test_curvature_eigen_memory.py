@@ -53,7 +53,7 @@ def top(H: torch.Tensor, k: int) -> np.ndarray:
     return np.linalg.eigvalsh(H.numpy())[::-1][:k]
 
 
-@pytest.mark.parametrize("family", ["mlp", "cnn", "resnet-bn", "lstm"])
+@pytest.mark.parametrize("family", ["mlp", "cnn", pytest.param("resnet-bn", marks=pytest.mark.slow), "lstm"])
 def test_low_memory_lanczos_is_exact_and_keeps_no_graph(family):
     """memory="low": a restarted Lanczos in a basis of wanted + 3 vectors (the operator's dtype) on products that
     keep no gradient graph reaches the dense float64 Hessian's top 5 to 1e-12 (restarts happen: more steps
