@@ -1,10 +1,12 @@
 """Top-k Hessian eigenvalues: our Lanczos against the Lanczos anchors and PyHessian, at matched accuracy.
 
-    python benchmarks/bench_eigen_anchors.py [--out runs/bench_eigen_anchors] [--workloads mlp,cnn,resnet]
+    python benchmarks/bench_eigen_anchors.py [--out runs/bench_eigen_anchors] [--workloads mlp,cnn/large]
+        [--scan quick|full] [--seeds 3]
 
-Workloads (8x8 digits, briefly trained with SGD, the Hessian of the float32 model in eval mode over
-``--samples`` training images in micro-batches of ``--batch-size``): an MLP, a small CNN and a small
-ResNet-20 with BatchNorm. For each:
+Workloads: the benchmark matrix's (:mod:`benchmarks.workloads`: MLP, CNN, ResNet with BatchNorm, LSTM LM,
+tiny ViT, HuggingFace GPT-2, each small and large; ``--workloads`` as :func:`benchmarks.workloads.parse`),
+the Hessian of the float32 model in eval mode over the workload's data in its micro-batches, with its
+criterion for every library. For each:
 
 1. Reference: the top-k of the float64 Hessian by our Lanczos at ``tol=1e-12`` (true residuals reported).
 2. Float32 runs, every library's Hessian-vector products counted by wrapping its matvec (each counts
@@ -12,6 +14,7 @@ ResNet-20 with BatchNorm. For each:
    the former rule; a ``tol`` scan), hessian-eigenthings' ``lanczos`` (``max_iter`` scan),
    curvlinops' ``HessianLinearOperator.to_scipy()`` in ``scipy.sparse.linalg.eigsh`` (``tol`` and ``ncv``
    scan) and PyHessian's power iteration -> HVPs, wall time, max relative error against the reference.
+   ``--scan quick`` keeps the anchors' settings that were ever best (and PyHessian's default only).
    A diagnostic row runs ``eigsh`` on our own product, to tell the product's rounding from the solver's.
 3. Per anchor, its best setting: the cheapest whose error is within 1.5x of the least error that anchor
    reached in the scan, beside our default's HVPs, error and wall time (ratios = anchor / ours), and
@@ -27,6 +30,7 @@ HVPs are the mean over seeds, the error the worst seed's, wall time the median; 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -34,39 +38,16 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.nn as nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.workloads import load, parse  # noqa: E402
 from landscape.curvature.lanczos import lanczos  # noqa: E402
-from landscape.data import get_dataset  # noqa: E402
 from landscape.io import atomic_write_json  # noqa: E402
-from landscape.models import build_model  # noqa: E402
 from landscape.objective import Objective  # noqa: E402
 
-WORKLOADS = {
-    "mlp": ("mlp", {"hidden": [48, 48]}),
-    "cnn": ("cnn", {"channels": [8, 16], "hidden": 32}),
-    "resnet": ("resnet20", {"base_width": 4}),
-}
 FLOOR_SLACK = 1.5
-
-
-def trained_model(name: str, x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int = 0) -> nn.Module:
-    """``WORKLOADS[name]`` trained by SGD (momentum 0.9, lr 0.05, batch 64) for ``epochs`` on ``x, y``."""
-    arch, kwargs = WORKLOADS[name]
-    torch.manual_seed(seed)
-    model = build_model(arch, input_shape=list(x.shape[1:]), num_outputs=10, **kwargs)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    g = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in range(epochs):
-        for idx in torch.randperm(len(x), generator=g).split(64):
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-    return model.eval()
 
 
 def max_rel_error(values: Any, ref: np.ndarray) -> float:
@@ -85,28 +66,42 @@ class Counted:
         return self.f(v)
 
 
-def ours(model, x, y, bs, k, seed, **kw) -> tuple[list[float], int, dict]:
-    r = lanczos(Objective(model, x, y, batch_size=bs), k, seed=seed, **kw)
+def ours(model, x, y, bs, k, seed, crit, **kw) -> tuple[list[float], int, dict]:
+    r = lanczos(Objective(model, x, y, loss=crit, batch_size=bs), k, seed=seed, **kw)
     return r.eigenvalues.tolist(), r.num_matvecs, {"accuracy": r.accuracy.tolist(), "noise": r.noise.tolist(),
                                                    "stopped_by": r.stopped_by}
 
 
-def eigenthings(model, loader, k, seed, max_iter, criterion: nn.Module | None = None) -> tuple[list[float], int, dict]:
+def eigenthings(model, loader, k, seed, max_iter, criterion: Callable | None = None) -> tuple[list[float], int, dict]:
     from hessian_eigenthings import HessianOperator, lanczos as he_lanczos, supervised_loss
 
-    op = HessianOperator(model, loader, supervised_loss(criterion or nn.CrossEntropyLoss()), full_dataset=True)
+    op = HessianOperator(model, loader, supervised_loss(criterion or torch.nn.CrossEntropyLoss()), full_dataset=True)
     op.matvec = Counted(op.matvec)
     r = he_lanczos(op, k=k, max_iter=max_iter, which="LA", seed=seed)
     return r.eigenvalues.tolist(), op.matvec.calls, {}
 
 
-def curvlinops_eigsh(model, loader, k, seed, tol, ncv=None, criterion: nn.Module | None = None
+class MeanLoss(torch.nn.Module):
+    """A mean-reduced criterion as the loss module curvlinops asks for (it reads ``reduction``)."""
+
+    reduction = "mean"
+
+    def __init__(self, crit: Callable) -> None:
+        super().__init__()
+        self.crit = crit
+
+    def forward(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.crit(out, y)
+
+
+def curvlinops_eigsh(model, loader, k, seed, tol, criterion: Callable | None = None, ncv=None
                      ) -> tuple[list[float], int, dict]:
     from curvlinops import HessianLinearOperator
     from scipy.sparse.linalg import LinearOperator
 
     params = [p for p in model.parameters() if p.requires_grad]
-    H = HessianLinearOperator(model, criterion or nn.CrossEntropyLoss(), params, loader, check_deterministic=False,
+    H = HessianLinearOperator(model, MeanLoss(criterion or torch.nn.CrossEntropyLoss()), params, loader,
+                              check_deterministic=False,
                               num_data=sum(len(b[1]) for b in loader)).to_scipy()
     mv = Counted(lambda V: H.matvec(V) if np.ndim(V) == 1 else H.matmat(V),
                  lambda V: 1 if np.ndim(V) == 1 else np.shape(V)[1])
@@ -121,17 +116,17 @@ def _eigsh(op, k: int, tol: float, ncv: int | None, seed: int) -> list[float]:
                  return_eigenvectors=False).tolist()
 
 
-def ours_product_eigsh(model, x, y, bs, k, seed, tol) -> tuple[list[float], int, dict]:
+def ours_product_eigsh(model, x, y, bs, k, seed, tol, crit) -> tuple[list[float], int, dict]:
     """``eigsh`` on our float32 Hessian product: separates the product's rounding from the eigensolver's."""
-    obj = Objective(model, x, y, batch_size=bs)
+    obj = Objective(model, x, y, loss=crit, batch_size=bs)
     values = _eigsh(obj.hessian.to_scipy(), k, tol, None, seed)
     return values, obj.counts["hessian"], {}
 
 
-def pyhessian(model, loader, k, seed, tol, criterion: nn.Module | None = None) -> tuple[list[float], int, dict]:
+def pyhessian(model, loader, k, seed, tol, criterion: Callable | None = None) -> tuple[list[float], int, dict]:
     from pyhessian import hessian
 
-    H = hessian(model, criterion or nn.CrossEntropyLoss(), dataloader=loader, cuda=False)
+    H = hessian(model, criterion or torch.nn.CrossEntropyLoss(), dataloader=loader, cuda=False)
     H.dataloader_hv_product = Counted(H.dataloader_hv_product)
     torch.manual_seed(seed)
     values, _ = H.eigenvalues(top_n=k, tol=tol, maxIter=100 if tol >= 1e-3 else 1000)
@@ -140,30 +135,36 @@ def pyhessian(model, loader, k, seed, tol, criterion: nn.Module | None = None) -
     return values, H.dataloader_hv_product.calls, {}
 
 
-def run_workload(name: str, args: argparse.Namespace, data) -> dict:
-    x, y = data.x_train[: args.samples], data.y_train[: args.samples]
-    model = trained_model(name, data.x_train, data.y_train, args.epochs)
-    bs, k = args.batch_size, args.k
+def run_workload(family: str, size: str, args: argparse.Namespace) -> dict:
+    w = load(family, size)
+    model, x, y, bs, k, crit = w.model, w.x, w.y, w.batch_size, args.k, w.criterion
     loader = [(x[i:i + bs], y[i:i + bs]) for i in range(0, len(x), bs)]
-    ref_r = lanczos(Objective(model, x, y, batch_size=bs, dtype=torch.float64), k, tol=1e-12, residuals=True)
+    ref_r = lanczos(Objective(model, x, y, loss=crit, batch_size=bs, dtype=torch.float64), k, tol=1e-12,
+                    residuals=True)
     ref = ref_r.eigenvalues
+    quick = args.scan == "quick"
     runs: dict[str, Callable[[int], tuple]] = {
-        "ours (default)": lambda s: ours(model, x, y, bs, k, s),
-        "ours precision_stop=False (former default)": lambda s: ours(model, x, y, bs, k, s, precision_stop=False),
+        "ours (default)": lambda s: ours(model, x, y, bs, k, s, crit),
+        "ours precision_stop=False (former default)": lambda s: ours(model, x, y, bs, k, s, crit,
+                                                                      precision_stop=False),
     }
-    for tol in (1e-2, 1e-3, 1e-4, 1e-5):
-        runs[f"ours tol={tol:g}"] = lambda s, tol=tol: ours(model, x, y, bs, k, s, tol=tol, precision_stop=False)
-    for it in sorted({2 * k, 2 * k + 2, 2 * k + 4, 3 * k, 3 * k + 2, 4 * k, 5 * k, 6 * k, 8 * k}):
-        runs[f"hessian-eigenthings max_iter={it}"] = lambda s, it=it: eigenthings(model, loader, k, s, it)
-    for tol in (1e-2, 1e-3, 1e-5, 0.0):
-        runs[f"curvlinops+eigsh tol={tol:g}"] = lambda s, tol=tol: curvlinops_eigsh(model, loader, k, s, tol)
+    for tol in () if quick else (1e-2, 1e-3, 1e-4, 1e-5):
+        runs[f"ours tol={tol:g}"] = lambda s, tol=tol: ours(model, x, y, bs, k, s, crit, tol=tol, precision_stop=False)
+    iters = (2 * k + 4, 3 * k, 3 * k + 2, 4 * k) if quick else (2 * k, 2 * k + 2, 2 * k + 4, 3 * k, 3 * k + 2, 4 * k,
+                                                               5 * k, 6 * k, 8 * k)
+    for it in sorted(set(iters)):
+        runs[f"hessian-eigenthings max_iter={it}"] = lambda s, it=it: eigenthings(model, loader, k, s, it, crit)
+    for tol in (1e-3, 0.0) if quick else (1e-2, 1e-3, 1e-5, 0.0):
+        runs[f"curvlinops+eigsh tol={tol:g}"] = lambda s, tol=tol: curvlinops_eigsh(model, loader, k, s, tol, crit)
     for ncv in (2 * k + 1, 3 * k):
         for tol in (1e-3, 1e-5):
             runs[f"curvlinops+eigsh ncv={ncv} tol={tol:g}"] = (
-                lambda s, tol=tol, ncv=ncv: curvlinops_eigsh(model, loader, k, s, tol, ncv))
-    for tol in (1e-3, 1e-4):
-        runs[f"pyhessian tol={tol:g}"] = lambda s, tol=tol: pyhessian(model, loader, k, s, tol)
-    runs["(diagnostic) eigsh on our product, tol=1e-5"] = lambda s: ours_product_eigsh(model, x, y, bs, k, s, 1e-5)
+                lambda s, tol=tol, ncv=ncv: curvlinops_eigsh(model, loader, k, s, tol, crit, ncv))
+    for tol in (1e-3,) if quick else (1e-3, 1e-4):
+        runs[f"pyhessian tol={tol:g}"] = lambda s, tol=tol: pyhessian(model, loader, k, s, tol, crit)
+    if not quick:
+        runs["(diagnostic) eigsh on our product, tol=1e-5"] = lambda s: ours_product_eigsh(model, x, y, bs, k, s, 1e-5,
+                                                                                           crit)
     rows: dict[str, dict] = {label: {"walls": [], "hvps_by_seed": [], "error_by_seed": []} for label in runs}
     for seed in range(args.seeds):  # interleaved, so load drifts hit every row alike
         for label, f in runs.items():
@@ -177,7 +178,7 @@ def run_workload(name: str, args: argparse.Namespace, data) -> dict:
     for row in rows.values():  # HVPs: mean over seeds; error: the worst seed's; wall: the median
         row.update(wall=float(np.median(row.pop("walls"))), hvps=float(np.mean(row["hvps_by_seed"])),
                    error=max(row["error_by_seed"]))
-    return {"parameters": int(sum(p.numel() for p in model.parameters())), "samples": len(x),
+    return {"parameters": w.num_params, "samples": len(x), "workload": w.describe(),
             "reference": {"eigenvalues": ref.tolist(), "residuals": ref_r.residuals.tolist()},
             "float32_floor": min(r["error"] for r in rows.values()), "rows": rows, "matched": matched(rows)}
 
@@ -205,22 +206,25 @@ def matched(rows: dict[str, dict]) -> dict[str, dict]:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_eigen_anchors")
-    p.add_argument("--workloads", default="mlp,cnn,resnet")
-    p.add_argument("--samples", type=int, default=512)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--workloads", default="all", help="benchmarks.workloads.parse spec, e.g. mlp,cnn/large")
+    p.add_argument("--scan", choices=["quick", "full"], default="full")
     p.add_argument("--k", type=int, default=5)
     p.add_argument("--seeds", type=int, default=3, help="start-vector seeds, each row run once per seed")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    data = get_dataset("digits")
-    res: dict = {"setting": {**{k: v for k, v in vars(args).items() if k != "out"}, "torch": torch.__version__}}
-    for name in args.workloads.split(","):
-        res[name] = run_workload(name, args, data)
+    res: dict = {"setting": {**{k: v for k, v in vars(args).items() if k != "out"}, "torch": torch.__version__,
+                             "load": os.getloadavg()}}
+    names = []
+    for family, size in parse(args.workloads):
+        name = f"{family}/{size}"
+        names.append(name)
+        res[name] = run_workload(family, size, args)
         atomic_write_json(args.out / "bench_eigen_anchors.json", res)
         report(name, res[name], args.k)
-    print(markdown(res, args.workloads.split(",")))
+    res["setting"]["load_after"] = os.getloadavg()
+    atomic_write_json(args.out / "bench_eigen_anchors.json", res)
+    print(markdown(res, names))
     return res
 
 
@@ -251,6 +255,7 @@ def report(name: str, r: dict, k: int) -> None:
         print(f"  {lib} best: {m['setting']}, {m['hvps']:.1f} HVPs, err {m['error']:.1e}; ours "
               f"{m['ours_hvps']:.1f} HVPs, err {m['ours_error']:.1e}: {m['hvp_ratio']:.2f}x HVPs, "
               f"{m['wall_ratio']:.2f}x wall")
+
 
 if __name__ == "__main__":
     main()

@@ -142,8 +142,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="parameters to analyze: 'weights' (no biases / norm layers) or a regular expression "
                         "on parameter names [default: all]")
     g.add_argument("--hvp-mode", choices=["auto", "reverse", "forward"], default="auto",
-                   help="Hessian-vector products by double backward, forward-over-reverse, or the faster "
-                        "[default: auto]")
+                   help="Hessian-vector products by double backward, forward-over-reverse, or auto (double "
+                        "backward, reusing kept graphs) [default: auto]")
+    g.add_argument("--memory", choices=["auto", "low"], default="auto",
+                   help="low: keep no gradient graphs or streamed data and a compact Krylov basis (peak memory "
+                        "near PyHessian's, products about 2x slower); auto: keep the graphs where they fit a "
+                        "quarter of the free memory, else low [default: auto]")
     g.add_argument("--seed", type=int, default=0, help="seed of every random draw [default: 0]")
     for measure in load_measures().values():
         measure.add_arguments(p.add_argument_group(measure.title))
@@ -209,7 +213,8 @@ class AnalysisContext:
             self._objectives[key] = Objective.from_bundle(
                 self.model, self.data, split, subset=key[1], seed=self.seed, loss=self.loss,
                 batch_size=self.options.batch_size, device=self.device, dtype=self.dtype,
-                params=self.options.params, hvp_mode=self.options.hvp_mode)
+                params=self.options.params, hvp_mode=self.options.hvp_mode,
+                memory=self.options.memory)
         return self._objectives[key]
 
     def has_split(self, split: str) -> bool:

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 
 _OBJECTIVE_OPTIONS = ("batch_size", "device", "dtype", "params", "hvp_mode", "max_block", "cache_graph",
-                      "graph_memory", "cache_memory", "seed", "max_rows", "label_smoothing")
+                      "graph_memory", "cache_memory", "memory", "seed", "max_rows", "label_smoothing")
 
 
 def _objective(model: Any, loss: Any, data: Any, kwargs: dict[str, Any]) -> Any:

@@ -36,6 +36,7 @@ from landscape.progress import progress_bar
 
 WHICH = ("largest", "smallest", "both")
 MIN_NOISE_SAMPLES = 3
+LOW_MEMORY_EXTRA = 3  # default Krylov vectors beyond the wanted ones on a low_memory operator
 
 
 @dataclass
@@ -96,7 +97,7 @@ def lanczos(
     seed: int = 0,
     return_vectors: bool = False,
     residuals: bool = False,
-    basis_dtype: torch.dtype = torch.float64,
+    basis_dtype: torch.dtype | None = None,
     precision_stop: bool = True,
     history: list[dict[str, Any]] | None = None,
     progress: bool = False,
@@ -104,7 +105,9 @@ def lanczos(
     """The ``k`` extreme eigenvalues of ``op`` (an operator, or an objective = its Hessian).
 
     ``which``: ``largest``/``smallest`` algebraic, or ``both`` (``k`` at each end).
-    ``ncv``: Krylov dimension before a restart (default ``2 * wanted + 20``, at most ``P``).
+    ``ncv``: Krylov dimension before a restart (default ``2 * wanted + 20``, at most ``P``; on an operator
+    with ``low_memory``, ``wanted + LOW_MEMORY_EXTRA``).
+    ``basis_dtype``: the basis' dtype (default float64; with ``low_memory``, the operator's).
     ``max_matvecs``: cap on products (default ``max(20 * ncv, 500)``); if reached, ``converged`` is False.
     ``v0``: start vector (default a standard normal draw seeded by ``seed``); a block ``(r, P)``, e.g.
     the eigenvectors of a nearby checkpoint, starts from the sum of its normalized rows.
@@ -120,7 +123,12 @@ def lanczos(
     n_want = 2 * k if which == "both" else k
     if k < 1 or n_want > P:
         raise ValueError(f"need 1 <= k and {n_want} eigenvalues <= {P} parameters, got k={k}")
-    ncv = min(P, ncv if ncv is not None else 2 * n_want + 20)
+    low = bool(getattr(op, "low_memory", False))
+    if ncv is None:
+        ncv = n_want + LOW_MEMORY_EXTRA if low else 2 * n_want + 20
+    ncv = min(P, ncv)
+    if basis_dtype is None:
+        basis_dtype = op.dtype if low and op.dtype.is_floating_point else torch.float64
     if ncv < P and ncv < n_want + 2:
         raise ValueError(f"ncv={ncv} must be at least wanted + 2 = {n_want + 2}")
     max_matvecs = max_matvecs if max_matvecs is not None else max(20 * ncv, 500)
@@ -162,7 +170,7 @@ def lanczos(
                 break
             if m == ncv:  # thick restart: keep the wanted Ritz vectors and the nearest others
                 keep = _keep(m, which, n_want)
-                Q[0, : len(keep)] = torch.as_tensor(S[:, keep].T, dtype=basis_dtype, device=Q.device) @ Q[0, :m]
+                rotate_rows(Q[0], torch.as_tensor(S[:, keep].T, dtype=basis_dtype, device=Q.device))
                 T[:] = 0.0
                 T[0, np.arange(len(keep)), np.arange(len(keep))] = theta[keep]
                 j = fresh = len(keep)
@@ -223,7 +231,9 @@ def eigenvalue_bounds(theta: np.ndarray, idx: np.ndarray, residuals: np.ndarray)
     value, Parlett, *The Symmetric Eigenvalue Problem*, Sec. 11.7)."""
     if len(theta) < 2:
         return residuals.copy()
-    gaps = np.array([np.min(np.abs(np.delete(theta, i) - theta[i])) for i in idx])
+    D = np.abs(theta[idx, None] - theta[None, :])
+    D[np.arange(len(idx)), idx] = np.inf
+    gaps = D.min(axis=1)
     quad = np.divide(residuals**2, gaps, out=np.full_like(residuals, np.inf), where=gaps > 0)
     return np.minimum(residuals, quad)
 
@@ -248,14 +258,19 @@ def krylov_step(op: LinearOperator, Q: torch.Tensor, T: np.ndarray, j: int) -> t
     """
     W = op.matvec(Q[:, j])
     B = Q[:, : j + 1]
-    h = torch.einsum("rmp,rp->rm", B, W)
-    W -= torch.einsum("rm,rmp->rp", h, B)
-    h2 = torch.einsum("rmp,rp->rm", B, W)
-    W -= torch.einsum("rm,rmp->rp", h2, B)
+    h = project_out(W, B)
+    h2 = project_out(W, B)
     coef = (h + h2).cpu().numpy()
     T[:, : j + 1, j] = coef
     T[:, j, : j + 1] = coef
     return W, W.norm(dim=1).cpu().numpy()
+
+
+def project_out(W: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """``W_r -= B_r^T (B_r W_r)`` in place (no ``P``-sized temporary); returns the coefficients ``B_r W_r``."""
+    h = torch.einsum("rmp,rp->rm", B, W)
+    W.unsqueeze(2).baddbmm_(B.transpose(1, 2), h.unsqueeze(2), alpha=-1)
+    return h
 
 
 def next_vector(W: torch.Tensor, beta: np.ndarray, B: torch.Tensor, scale: np.ndarray,
@@ -289,6 +304,13 @@ def krylov_basis(op: LinearOperator, V0: torch.Tensor, steps: int, gen: torch.Ge
         if j + 1 < m:
             Q[:, j + 1] = next_vector(W, beta, Q[:, : j + 1], np.abs(T[:, : j + 1, : j + 1]).max(axis=(1, 2)), gen)
     return Q, T
+
+
+def rotate_rows(Q: torch.Tensor, C: torch.Tensor, columns: int = 1 << 14) -> None:
+    """``Q[:r] = C @ Q[:m]`` in place for ``C`` ``(r, m)``, ``r <= m``, a slab of ``columns`` at a time, so the
+    restart needs ``r * columns`` extra numbers, not ``r * P``."""
+    for c in range(0, Q.shape[1], columns):
+        Q[: len(C), c:c + columns] = C @ Q[: C.shape[1], c:c + columns]
 
 
 def true_residuals(op: LinearOperator, Y: torch.Tensor, values: np.ndarray) -> np.ndarray:

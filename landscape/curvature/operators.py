@@ -23,6 +23,8 @@ class LinearOperator:
     device: torch.device
     param_shapes: list[tuple[int, ...]]
     name: str = "operator"
+    low_memory: bool = False
+    """Whether solvers should keep compact workspaces (an objective's ``memory="low"``)."""
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         """``A v`` for ``v`` of shape ``(P,)`` or ``(k, P)``; the result has ``v``'s shape, dtype and device."""
@@ -69,6 +71,10 @@ class CurvatureOperator(LinearOperator):
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         return self.objective.mvp(self.name, v, self.w)
+
+    @property
+    def low_memory(self) -> bool:  # type: ignore[override]
+        return bool(getattr(self.objective, "low_memory", False))
 
     @property
     def num_matvecs(self) -> int:

@@ -73,13 +73,18 @@ class Objective:
     ``batch_size``: micro-batch size of in-memory data (memory only; results do not depend on it beyond float
     rounding); a stream's batches are the loader's. ``max_block``: most vectors pushed through one data pass
     by a block product. ``hvp_mode``: ``"reverse"`` (double backward), ``"forward"`` (``torch.func.jvp`` of
-    ``torch.func.grad``) or ``"auto"`` (time both on the first micro-batch, keep the faster; forward mode
-    falls back to reverse on an op without a forward-mode rule). ``cache_graph``: Hessian products at the
-    base point ``w0`` keep micro-batches' gradient graphs alive and only run their second backward (as
-    PyHessian's single-batch mode does), about twice as fast; ``"auto"`` keeps graphs while their total size
-    (measured) fits ``graph_memory`` bytes (default: a quarter of the free device memory / available RAM),
-    the rest are recomputed. ``cache_memory``: a stream that fits this many bytes (default: an eighth of the
-    free memory) is kept after its first pass. ``seed``: the seed every pass over a stream runs under.
+    ``torch.func.grad``) or ``"auto"`` (reverse: no timing trial, so repeated runs give the same bits; it
+    was the faster for one vector on every workload of ``benchmarks/workloads.py``, 1.1-2.6x, and within
+    noise for blocks). ``cache_graph``: Hessian products at the base point ``w0`` keep micro-batches'
+    gradient graphs alive and only run their second backward (as PyHessian's single-batch mode does), about
+    twice as fast; ``"auto"`` keeps them if the first micro-batch's measured graph times the number of
+    micro-batches fits ``graph_memory`` bytes (default: a quarter of the free device memory / available RAM)
+    and otherwise keeps none (a stream of unknown length: graphs are kept while their total fits).
+    ``cache_memory``: a stream that fits this many bytes (default: an eighth of the free memory) is kept
+    after its first pass. ``memory``: ``"low"`` keeps no gradient graph and no stream (one micro-batch's
+    graph alive at a time, as PyHessian) and asks measures for compact workspaces (:attr:`low_memory`);
+    ``"auto"`` becomes low where the graphs do not fit ``graph_memory``. ``seed``: the seed every pass over a
+    stream runs under.
     ``max_rows``: read only the first rows of a stream (in-memory data: use a subset of the tensors).
     """
 
@@ -101,6 +106,7 @@ class Objective:
         cache_graph: bool | str = "auto",
         graph_memory: int | None = None,
         cache_memory: int | None = None,
+        memory: str = "auto",
         shard: bool = True,
         seed: int = 0,
         max_rows: int | None = None,
@@ -111,6 +117,10 @@ class Objective:
             raise ValueError(f"hvp_mode must be auto, reverse or forward, got {hvp_mode!r}")
         if cache_graph not in (True, False, "auto"):
             raise ValueError(f"cache_graph must be True, False or 'auto', got {cache_graph!r}")
+        if memory not in ("auto", "low"):
+            raise ValueError(f"memory must be 'auto' or 'low', got {memory!r}")
+        if memory == "low":
+            cache_graph, cache_memory = False, 0
         first = next(iter(model.parameters()), None)
         if first is None:
             raise ValueError("the model has no parameters")
@@ -122,7 +132,7 @@ class Objective:
         self.batch_size, self.max_block = int(batch_size), int(max_block)
         self.hvp_mode = hvp_mode
         self._mode_chosen: dict[bool | str, str] = {}  # HVP mode per block kind; "cached": loop or batched
-        self.cache_graph, self.graph_memory = cache_graph, graph_memory
+        self.cache_graph, self.graph_memory, self.memory = cache_graph, graph_memory, memory
         self._graphs: dict[int, tuple[torch.Tensor, torch.Tensor, Any]] = {}
         self._graph_bytes = 0
 
@@ -641,7 +651,8 @@ class Objective:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         w = self._point(w)
         V = self._block(v)
-        out = torch.cat([self._matvec_pass(kind, w, chunk) for chunk in V.split(self.max_block)])
+        parts = [self._matvec_pass(kind, w, chunk) for chunk in V.split(self.max_block)]
+        out = parts[0] if len(parts) == 1 else torch.cat(parts)
         self.counts[kind] += len(V)
         return out.reshape(v.shape).to(v.device, v.dtype if v.is_floating_point() else self.dtype)
 
@@ -661,17 +672,8 @@ class Objective:
                 if not g.requires_grad:
                     return torch.zeros_like(V), count
                 return self._second_backward(g, leaf, V), count
-        block = len(V) > 1
-        mode = self.hvp_mode if self.hvp_mode != "auto" else self._mode_chosen.get(block)
-        if mode is None:
-            mode = self._mode_chosen[block] = self._autotune(w, batch, V)
-        if mode == "forward":
-            try:
-                return products.hvp_forward(self, w, batch, V)
-            except (RuntimeError, NotImplementedError):
-                if self.hvp_mode == "forward":
-                    raise
-                self._mode_chosen[block] = "reverse"
+        if self.hvp_mode == "forward":
+            return products.hvp_forward(self, w, batch, V)
         return products.hvp_reverse(self, w, batch, V, index=i)
 
     def _second_backward(self, g: torch.Tensor, leaf: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
@@ -692,22 +694,6 @@ class Objective:
                     self._mode_chosen["cached"] = "loop"
         return torch.stack([products.grad_of(g, leaf, v, retain=True) for v in V])
 
-    def _autotune(self, w: torch.Tensor, batch: Any, V: torch.Tensor) -> str:
-        """Time both HVP modes (second of two calls) on one micro-batch; every rank picks the same."""
-        times = torch.zeros(2, dtype=self._stat_dtype, device=self.device)
-        for i, f in enumerate((products.hvp_reverse, products.hvp_forward)):
-            try:
-                for _ in range(2):
-                    _sync(self.device)
-                    t0 = time.perf_counter()
-                    f(self, w, batch, V)
-                    _sync(self.device)
-                    times[i] = time.perf_counter() - t0
-            except (RuntimeError, NotImplementedError):
-                times[i] = float("inf")
-        times = self.reduce_sum(times).cpu()
-        return "forward" if times[1] < times[0] else "reverse"
-
     def _gradient_graph(self, i: int, batch: Any) -> tuple[torch.Tensor, torch.Tensor, Any] | None:
         """``(leaf, grad, count)`` of micro-batch ``i`` at ``w0`` with its graph kept, or None when it is not
         (to be) cached. ``"auto"`` keeps graphs while their measured total fits the budget."""
@@ -719,7 +705,8 @@ class Objective:
         if self.cache_graph == "auto" or self.graph_memory is not None:
             nbytes = products.graph_bytes(graph[1])
             budget = self.graph_memory if self.graph_memory is not None else _free_memory(self.device) // 4
-            if self._graph_bytes + nbytes > budget:  # over budget: used for this product only
+            projected = nbytes * (self.source.num_batches or 1) if self.cache_graph == "auto" else nbytes
+            if self._graph_bytes + (nbytes if self._graphs else projected) > budget:  # used for this product only
                 if not self._graphs:
                     self.cache_graph = False
                 return graph
@@ -727,6 +714,19 @@ class Objective:
             self.cache_graph = True
         self._graphs[i] = graph
         return graph
+
+    @property
+    def low_memory(self) -> bool:
+        """Whether measures should keep compact workspaces (e.g. a float32 Krylov basis of few vectors):
+        ``memory="low"``, or no gradient graph is kept because they would not fit ``graph_memory`` (decided
+        here for in-memory data from the first micro-batch's graph, kept, if no product has yet; a stream's is
+        known after its first Hessian product)."""
+        if self.memory == "low" or self.cache_graph is False:
+            return True
+        if self.cache_graph == "auto" and not self._graphs and isinstance(self.source, TensorSource):
+            with eval_mode(self.model):  # as in a pass: the graph is the one products reuse
+                self._gradient_graph(0, self.source.first())
+        return self.cache_graph is False
 
     def release_graphs(self) -> None:
         """Free the cached gradient graphs (they are rebuilt on the next Hessian product if caching)."""

@@ -1,0 +1,123 @@
+"""Low-memory top-k eigenvalues (no graph cache, compact restarted Lanczos) and the deterministic HVP mode,
+against dense float64 Hessians of tiny nets of each family."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from landscape.curvature.lanczos import lanczos
+from landscape.models.cnn import CNN
+from landscape.models.lstm_lm import LSTMLanguageModel
+from landscape.models.mlp import MLP
+from landscape.models.resnet import CifarResNet
+from landscape.objective import Objective, products
+from tests.curvature_helpers import dense_hessian
+
+
+def _tiny(family: str):
+    """A float64 net of ``family`` with a few hundred parameters, its data and its loss."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    if family == "lstm":
+        model = LSTMLanguageModel(input_shape=[5], num_outputs=7, vocab_size=7, embed_dim=4, hidden=5, num_layers=1,
+                                  dropout=0.0)
+        x = torch.randint(7, (12, 5), generator=g)
+        return model.double(), x, torch.randint(7, (12, 5), generator=g), "language_model"
+    if family == "mlp":
+        model, x = MLP(input_shape=[6], num_outputs=3, hidden=[8, 8]), torch.randn(24, 6, generator=g)
+    elif family == "cnn":
+        model, x = CNN(input_shape=[1, 6, 6], num_outputs=3, channels=[2, 3], hidden=6), torch.randn(16, 1, 6, 6,
+                                                                                                       generator=g)
+    else:
+        model, x = CifarResNet([1, 6, 6], 3, (2, 3), (1, 1), "A", "resnet"), torch.randn(16, 1, 6, 6, generator=g)
+        model.train()
+        with torch.no_grad():  # BatchNorm running statistics away from (0, 1)
+            model(x)
+    return model.eval().double(), x.double(), torch.randint(3, (len(x),), generator=g), "classification"
+
+
+def dense(obj: Objective) -> torch.Tensor:
+    """The exact Hessian of the objective's full-data loss by ``torch.func.hessian`` (one micro-batch)."""
+    (_, batch), = obj.source.batches()
+
+    def loss(w: torch.Tensor) -> torch.Tensor:
+        v = obj.call(obj.loss_spec.value, w, batch)
+        return v.total / v.count
+
+    return torch.func.hessian(loss)(obj.params())
+
+
+def top(H: torch.Tensor, k: int) -> np.ndarray:
+    return np.linalg.eigvalsh(H.numpy())[::-1][:k]
+
+
+@pytest.mark.parametrize("family", ["mlp", "cnn", pytest.param("resnet-bn", marks=pytest.mark.slow), "lstm"])
+def test_low_memory_lanczos_is_exact_and_keeps_no_graph(family):
+    """memory="low": a restarted Lanczos in a basis of wanted + 3 vectors (the operator's dtype) on products that
+    keep no gradient graph reaches the dense float64 Hessian's top 5 to 1e-12 (restarts happen: more steps
+    than the 8 vectors the basis holds), and
+    agrees with the default (graph-cached, float64 basis) to rounding."""
+    model, x, y, task = _tiny(family)
+    ev = top(dense(Objective(model, x, y, task=task)), 5)
+    if family != "lstm":  # the loss protocol's Hessian is itself checked against a plain cross-entropy's
+        np.testing.assert_allclose(ev, top(dense_hessian(model, x, y), 5), rtol=1e-10)
+    low = Objective(model, x, y, task=task, batch_size=8, memory="low")
+    r = lanczos(low, 5, tol=1e-12)
+    assert low.low_memory and low.cache_graph is False
+    assert not low._graphs and low._graph_bytes == 0  # the objective's own accounting: nothing kept
+    assert r.converged and r.num_iterations > 8  # more steps than the basis holds: it restarted
+    np.testing.assert_allclose(r.eigenvalues, ev, rtol=1e-12, atol=1e-13 * abs(ev[0]))
+    default = Objective(model, x, y, task=task, batch_size=8)
+    d = lanczos(default, 5, tol=1e-12)
+    assert not default.low_memory and default._graph_bytes > 0
+    np.testing.assert_allclose(r.eigenvalues, d.eigenvalues, rtol=1e-12, atol=1e-13 * abs(ev[0]))
+
+
+def test_low_memory_float32_agrees_to_rounding_and_auto_picks_it_when_graphs_do_not_fit():
+    model, x, y, task = _tiny("resnet-bn")
+    model.float()
+    x = x.float()
+    runs = {mem: lanczos(Objective(model, x, y, batch_size=8, memory=mem), 4) for mem in ("auto", "low")}
+    ev = top(dense(Objective(model.double(), x.double(), y)), 4)
+    for r in runs.values():  # both at float32 rounding of the exact values, within what they report
+        assert np.all(np.abs(r.eigenvalues - ev) <= 3 * r.accuracy)
+        np.testing.assert_allclose(r.eigenvalues, ev, rtol=1e-5)
+    tight = Objective(model, x.double(), y, batch_size=8, graph_memory=1000)  # the graphs cannot fit: low
+    assert tight.low_memory and tight.cache_graph is False and not tight._graphs
+    model.train()  # the graph built to decide is the eval-mode one products reuse
+    roomy = Objective(model, x.double(), y, batch_size=8)
+    assert not roomy.low_memory and roomy.cache_graph is True and len(roomy._graphs) == 1  # the first, kept
+    v = torch.randn(roomy.num_params, dtype=torch.float64)
+    torch.testing.assert_close(roomy.hvp(v), Objective(model, x.double(), y, batch_size=8, cache_graph=False).hvp(v),
+                               rtol=1e-12, atol=1e-14)
+    model.eval()
+    with pytest.raises(ValueError, match="memory"):
+        Objective(model, x, y, memory="tiny")
+
+
+def test_auto_hvp_mode_is_reverse_without_a_timing_trial(monkeypatch):
+    """``hvp_mode="auto"`` away from the cached point is double backward, decided without timing (a forward-mode
+    trial would call ``hvp_forward``): two fresh objectives give bit-identical products and eigenvalues."""
+    model, x, y, _ = _tiny("cnn")
+    monkeypatch.setattr(products, "hvp_forward", lambda *a, **k: pytest.fail("auto mode ran a forward-mode trial"))
+    w = Objective(model, x, y).params() + 0.01
+    V = torch.randn(3, len(w), dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    a, b = (Objective(model, x, y, batch_size=8).hvp(V, w) for _ in range(2))
+    assert torch.equal(a, b)
+    assert torch.equal(a, Objective(model, x, y, batch_size=8, hvp_mode="reverse").hvp(V, w))
+    e1, e2 = (lanczos(Objective(model.float(), x.float(), y, cache_graph=False), 3).eigenvalues for _ in range(2))
+    model.double()
+    assert np.array_equal(e1, e2)
+
+
+def test_cli_memory_flag_reaches_the_objective():
+    from landscape.analysis import AnalysisContext, default_options
+    from tests.fixtures import blobs
+
+    data = blobs(n_train=20)
+    net = nn.Sequential(nn.Linear(5, 3))
+    assert AnalysisContext(net, data, default_options(device="cpu")).objective().memory == "auto"
+    obj = AnalysisContext(net, data, default_options(device="cpu", memory="low")).objective()
+    assert obj.memory == "low" and obj.low_memory and obj.cache_graph is False
