@@ -653,21 +653,30 @@ class Objective:
 
     def _second_backward(self, g: torch.Tensor, leaf: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
         """``H V`` from a kept gradient graph: one backward per vector, or one ``vmap``-ed backward for the
-        whole block (``is_grads_batched``). The choice is fixed by the model, not by a timing, so the numbers
-        are reproducible: batched for models without convolutions or recurrent layers (an MLP's 16 products
-        took 0.05 s of CPU instead of 0.39 s), looped otherwise (a CNN's were 1.75x slower batched) and
-        wherever ``vmap`` cannot batch the backward."""
-        if len(V) > 1 and self._mode_chosen.get("cached") != "loop":
-            if "cached" not in self._mode_chosen:
-                slow = (nn.modules.conv._ConvNd, nn.RNNBase)
-                self._mode_chosen["cached"] = "loop" if any(isinstance(m, slow) for m in self.model.modules()) \
-                    else "batched"
-            if self._mode_chosen["cached"] == "batched":
-                try:
-                    return products.batched_grad(g, leaf, V)
-                except (RuntimeError, NotImplementedError):
-                    self._mode_chosen["cached"] = "loop"
-        return torch.stack([products.grad_of(g, leaf, v, retain=True) for v in V])
+        whole block (``is_grads_batched``). Neither wins by model type (one thread, CPU seconds for 16
+        products: the small LSTM of ``benchmarks/workloads.py`` 0.045 batched against 0.138 looped, the small
+        CNN 0.068 against 0.093; the large LSTM 2.4 against 1.6, the large CNN 0.35 against 0.25), so the
+        first block (on its first micro-batch) runs both ways and the faster is kept, the same on every rank;
+        looped wherever ``vmap`` cannot batch the backward. Both give ``H V`` to rounding. (A process's first
+        double backward and first ``vmap`` carry a one-off warm-up, so its first objective may keep the slower.)"""
+        if len(V) < 2 or self._mode_chosen.get("cached") == "loop":
+            return products.grad_of_rows(g, leaf, V)
+        if self._mode_chosen.get("cached") == "batched":
+            return products.batched_grad(g, leaf, V)
+        times = torch.zeros(2, dtype=self._stat_dtype, device=self.device)
+        try:
+            for i, f in enumerate((products.grad_of_rows, products.batched_grad)):
+                _sync(self.device)
+                t0 = time.perf_counter()
+                out = f(g, leaf, V)
+                _sync(self.device)
+                times[i] = time.perf_counter() - t0
+        except (RuntimeError, NotImplementedError):
+            times[1] = float("inf")
+            out = products.grad_of_rows(g, leaf, V)
+        times = self.reduce_sum(times).cpu()
+        self._mode_chosen["cached"] = "batched" if times[1] < times[0] else "loop"
+        return out
 
     def _autotune(self, w: torch.Tensor, batch: Any, V: torch.Tensor) -> str:
         """Time both HVP modes (second of two calls) on one micro-batch; every rank picks the same."""
