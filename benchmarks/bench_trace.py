@@ -1,27 +1,33 @@
-"""Trace estimators at equal HVP budgets on networks with an exact trace, against curvlinops and hessian-eigenthings.
+"""Trace estimators at equal HVP budgets on every workload of the benchmark matrix, against curvlinops and
+hessian-eigenthings.
 
     pip install -e ".[bench]"   # curvlinops-for-pytorch, hessian-eigenthings
-    python benchmarks/bench_trace.py [--out runs/bench_trace] [--seeds 40] [--budgets 30 102] [--wall-repeats 3]
+    python benchmarks/bench_trace.py [--workloads all] [--seeds 40] [--budgets 30 102] [--wall-repeats 3]
 
-Workloads: an MLP, a small 1-D CNN and a small ResNet with BatchNorm (eval mode), each trained briefly with
-Adam on ``benchmarks.problems:spirals``, their Hessian (indefinite) and GGN (positive semi-definite) over
-``--samples`` training points, made dense in float64 (``P`` products) for the exact trace.
+Workloads: ``benchmarks/workloads.py`` (MLP, CNN, ResNet-BN, LSTM, ViT, HF GPT-2; small and large), the Hessian
+of the mean loss over each workload's data (micro-batches of its ``batch_size``, eval mode).
 
-1. Accuracy: every estimator runs on the dense float64 matrix (the same products a network would give,
-   without rounding), ``--seeds`` seeds per budget -> RMS relative error, and how often ``|error| <= 2 stderr``
-   (the reported standard error's coverage; nominal 95% for a normal error). Ours: Hutchinson, Hutch++
-   (random and Lanczos sketch), XTrace, XNysTrace (PSD only); curvlinops' ``hutchinson_trace``,
-   ``hutchpp_trace``, ``xtrace``; hessian-eigenthings' ``hutch_plus_plus``.
+1. Accuracy.  Where ``P <= --dense-max`` (every small workload) the Hessian is made dense in float64 (``P``
+   forward-mode products) and the exact trace read off; every estimator runs ``--seeds`` seeds per budget on
+   that matrix (the products a network gives, without float32 rounding) -> RMS relative error and how often
+   ``|error| <= 2 stderr`` (the reported standard error's coverage; nominal 95% for a normal error). Ours:
+   Hutchinson, Hutch++ (random, Lanczos and block-Krylov sketch), XTrace; curvlinops' ``hutchinson_trace``,
+   ``hutchpp_trace``, ``xtrace``; hessian-eigenthings' ``hutch_plus_plus``.  Larger workloads have no exact
+   trace: the reference is our default with ``--ref-budget`` float64 products (its standard error is
+   reported beside it), and ``--net-seeds`` seeds of our default and curvlinops' XTrace run on the network
+   itself (float32); their RMS error against the reference includes the reference's own error.
 2. Time (CPU seconds of the single-threaded process, which other processes on a shared machine barely
-   disturb) at equal budgets on the networks themselves (float32, full-batch products): our default vs
-   curvlinops' ``xtrace`` on its ``HessianLinearOperator`` and hessian-eigenthings' ``hutch_plus_plus`` on its
-   ``HessianOperator``; medians of ``--wall-repeats`` interleaved runs, each on a fresh operator.
+   disturb) at equal budgets on the networks (float32 products, the workload's micro-batches): our default
+   and XTrace vs curvlinops' ``xtrace`` on its ``HessianLinearOperator`` and hessian-eigenthings'
+   ``hutch_plus_plus`` on its ``HessianOperator``; medians of ``--wall-repeats`` interleaved runs, each on a
+   fresh operator (so graph building is included).
 
-Writes ``<out>/bench_trace.json`` and prints the tables. Wall times come from a shared CPU: compare within one run.
+Writes ``<out>/bench_trace.json`` and prints the tables. Compare times within one run.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -34,45 +40,29 @@ import torch.nn as nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.problems import spirals  # noqa: E402
+from benchmarks import workloads as matrix  # noqa: E402
 from landscape.curvature.operators import MatrixOperator  # noqa: E402
 from landscape.curvature.trace import (  # noqa: E402
-    DEFAULT_TRACE_METHOD, estimate_trace, hutchinson, hutchpp, xnystrace, xtrace)
+    DEFAULT_TRACE_METHOD, estimate_trace, hutchinson, hutchpp, xtrace)
 from landscape.io import atomic_write_json  # noqa: E402
-from landscape.models.cnn import CNN  # noqa: E402
-from landscape.models.mlp import MLP  # noqa: E402
-from landscape.models.resnet import CifarResNet  # noqa: E402
 from landscape.objective import Objective  # noqa: E402
 
 
-class Reshape(nn.Module):
-    def __init__(self, *shape: int) -> None:
+class Criterion(nn.Module):
+    """A workload's mean criterion as the module curvlinops expects (``reduction="mean"``)."""
+
+    reduction = "mean"
+
+    def __init__(self, f: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
         super().__init__()
-        self.shape = shape
+        self.f = f
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.reshape(len(x), *self.shape)
-
-
-def workloads() -> dict[str, Callable[[], nn.Module]]:
-    """Small members of three model families (~800-950 parameters: dense Hessians stay cheap)."""
-    return {
-        "mlp": lambda: MLP(input_shape=[48], num_outputs=5, hidden=[12, 12]),
-        "cnn": lambda: CNN(input_shape=[48], num_outputs=5, channels=[4, 8], hidden=8),
-        "resnet-bn": lambda: nn.Sequential(Reshape(3, 4, 4), CifarResNet([3, 4, 4], 5, (3, 6), (1, 1), "A", "resnet")),
-    }
+    def forward(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.f(out, y)
 
 
-def trained(factory: Callable[[], nn.Module], x: torch.Tensor, y: torch.Tensor, steps: int) -> nn.Module:
-    torch.manual_seed(0)
-    model = factory()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for step in range(steps):
-        idx = torch.randint(len(x), (128,), generator=torch.Generator().manual_seed(step))
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-        opt.step()
-    return model.eval()
+def objective(w: matrix.Workload, **kw: Any) -> Objective:
+    return Objective(w.model, w.x, w.y, loss=w.criterion, batch_size=w.batch_size, **kw)
 
 
 def ours(budget: int) -> dict[str, Callable[[Any, int], Any]]:
@@ -82,7 +72,6 @@ def ours(budget: int) -> dict[str, Callable[[Any, int], Any]]:
         "hutchpp-lanczos": lambda A, s: hutchpp(A, max_samples=budget, sketch="lanczos", rtol=None, seed=s),
         "hutchpp-block": lambda A, s: hutchpp(A, max_samples=budget, sketch="block", rtol=None, seed=s),
         "xtrace": lambda A, s: xtrace(A, max_samples=budget, rtol=None, seed=s),
-        "xnystrace": lambda A, s: xnystrace(A, max_samples=budget, rtol=None, seed=s),
     }
 
 
@@ -129,7 +118,7 @@ def accuracy(A: torch.Tensor, budgets: list[int], seeds: int) -> dict:
                     errs.append(r.trace - tr)
                     cover.append(abs(r.trace - tr) <= 2 * r.stderr)
                     hvps = r.num_matvecs
-            except ValueError as e:  # XNysTrace on an indefinite Hessian
+            except ValueError as e:  # an estimator that refuses the budget
                 rows.setdefault(name, {})[budget] = {"error": str(e)}
                 continue
             rows.setdefault(name, {})[budget] = _summary(errs, tr, cover, hvps)
@@ -150,27 +139,54 @@ def _summary(errs: list[float], tr: float, cover: list[bool] | None, hvps: int) 
             else float(np.mean(cover)), "hvps": int(hvps), "seeds": len(e)}
 
 
-def wall(model: nn.Module, x: torch.Tensor, y: torch.Tensor, budgets: list[int], repeats: int) -> dict:
-    """Median CPU seconds per estimate on the network (float32 full-batch products, one thread), interleaved."""
-    def objective(**kw: Any) -> Objective:
-        return Objective(model, x, y, batch_size=len(x), **kw)
+def curvlinops_hessian(w: matrix.Workload) -> Any:
+    from curvlinops import HessianLinearOperator
 
-    fast = {"hvp_mode": "forward", "max_block": 64}
-    runs: dict[str, Callable[[int], float]] = {
-        f"ours {DEFAULT_TRACE_METHOD} (default)": lambda b: estimate_trace(
-            objective().hessian, max_samples=b, rtol=None).trace,
-        f"ours {DEFAULT_TRACE_METHOD}, forward-mode HVPs": lambda b: estimate_trace(
-            objective(**fast).hessian, max_samples=b, rtol=None).trace,
-        "ours hutchpp-lanczos": lambda b: estimate_trace(objective().hessian, "hutchpp-lanczos", max_samples=b,
-                                                         rtol=None).trace,
-        "ours xtrace": lambda b: xtrace(objective().hessian, max_samples=b, rtol=None).trace,
-        "ours xtrace, forward-mode HVPs in blocks of 64": lambda b: xtrace(
-            objective(**fast).hessian, max_samples=b, rtol=None, block=64).trace,
+    params = [p for p in w.model.parameters() if p.requires_grad]
+    return HessianLinearOperator(w.model, Criterion(w.criterion), params, list(w.loader()), check_deterministic=False)
+
+
+def network_accuracy(w: matrix.Workload, budgets: list[int], seeds: int, ref_budget: int) -> dict:
+    """No exact trace: a float64 reference from ``ref_budget`` products of our default, then ``seeds`` seeds of
+    our default and curvlinops' XTrace on the network (float32) at each budget."""
+    t0 = time.process_time()
+    ref = estimate_trace(objective(w, dtype=torch.float64).hessian, max_samples=ref_budget, rtol=None, seed=10_000)
+    tr = ref.trace
+    out: dict = {"reference": {"trace": tr, "stderr": ref.stderr, "rel_stderr": ref.stderr / abs(tr),
+                               "hvps": ref.num_matvecs, "method": ref.method, "cpu_seconds": time.process_time() - t0}}
+    rows: dict = {}
+    for budget in budgets:
+        errs, cover = [], []
+        for s in range(seeds):
+            r = estimate_trace(objective(w).hessian, max_samples=budget, rtol=None, seed=s)
+            errs.append(r.trace - tr)
+            cover.append(abs(r.trace - tr) <= 2 * r.stderr)
+        rows.setdefault(f"ours {DEFAULT_TRACE_METHOD}", {})[budget] = _summary(errs, tr, cover, budget)
+        try:
+            from curvlinops import xtrace as cl_xtrace
+        except ImportError:
+            continue
+        errs = []
+        for s in range(seeds):
+            torch.manual_seed(s)
+            errs.append(float(cl_xtrace(curvlinops_hessian(w), budget)) - tr)
+        rows.setdefault("curvlinops xtrace", {})[budget] = _summary(errs, tr, None, budget)
+    out["hessian"] = rows
+    return out
+
+
+def wall(w: matrix.Workload, budgets: list[int], repeats: int) -> dict:
+    """Median CPU seconds per estimate on the network (float32 products, one thread), interleaved; and the data
+    passes our estimators took."""
+    runs: dict[str, Callable[[int], Any]] = {
+        f"ours {DEFAULT_TRACE_METHOD} (default)": lambda b: estimate_trace(objective(w).hessian, max_samples=b,
+                                                                         rtol=None),
+        "ours xtrace": lambda b: xtrace(objective(w).hessian, max_samples=b, rtol=None, block=b),
     }
     try:
-        import curvlinops  # noqa: F401
+        from curvlinops import xtrace as cl_xtrace
 
-        runs["curvlinops xtrace"] = lambda b: curvlinops_xtrace(model, nn.CrossEntropyLoss(), [(x, y)], b)[0]
+        runs["curvlinops xtrace"] = lambda b: float(cl_xtrace(curvlinops_hessian(w), b))
     except ImportError:
         pass
     try:
@@ -178,20 +194,24 @@ def wall(model: nn.Module, x: torch.Tensor, y: torch.Tensor, budgets: list[int],
         from hessian_eigenthings.operators.hessian import HessianOperator
 
         def loss(m, batch):
-            return nn.functional.cross_entropy(m(batch[0]), batch[1])
+            return w.criterion(m(batch[0]), batch[1])
 
         runs["hessian-eigenthings hutch++"] = lambda b: hutch_plus_plus(
-            HessianOperator(model, [(x, y)], loss), num_matvecs=b, seed=0).estimate
+            HessianOperator(w.model, list(w.loader()), loss), num_matvecs=b, seed=0).estimate
     except ImportError:
         pass
     times: dict = {name: {b: [] for b in budgets} for name in runs}
+    passes: dict = {}
     for _ in range(repeats):
         for b in budgets:
             for name, f in runs.items():
                 t0 = time.process_time()  # CPU seconds of this (single-threaded) process: robust to a loaded machine
-                f(b)
+                r = f(b)
                 times[name][b].append(time.process_time() - t0)
-    return {name: {b: float(np.median(t)) for b, t in v.items()} for name, v in times.items()}
+                if hasattr(r, "num_passes"):
+                    passes.setdefault(name, {})[b] = r.num_passes
+    out = {name: {b: float(np.median(t)) for b, t in v.items()} for name, v in times.items()}
+    return {"cpu_seconds": out, "passes": passes}
 
 
 def curvlinops_xtrace(model: nn.Module, criterion: nn.Module, data: Any, budget: int) -> tuple[float, int]:
@@ -215,45 +235,53 @@ def curvlinops_xtrace(model: nn.Module, criterion: nn.Module, data: Any, budget:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_trace")
-    p.add_argument("--samples", type=int, default=256, help="training points the curvature is taken over")
-    p.add_argument("--steps", type=int, default=300, help="Adam steps of training")
-    p.add_argument("--seeds", type=int, default=40)
+    p.add_argument("--workloads", default="all", help="e.g. 'mlp,cnn/large' (benchmarks/workloads.py:parse)")
+    p.add_argument("--seeds", type=int, default=40, help="seeds per budget on a dense Hessian")
+    p.add_argument("--net-seeds", type=int, default=5, help="seeds per budget on a network without a dense Hessian")
+    p.add_argument("--dense-max", type=int, default=5000, help="largest P made dense")
+    p.add_argument("--ref-budget", type=int, default=600, help="products of the reference where P > --dense-max")
     p.add_argument("--budgets", type=int, nargs="+", default=[30, 102])
     p.add_argument("--wall-repeats", type=int, default=3)
-    p.add_argument("--only", nargs="*", default=None, help="workload names")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    data = spirals(n_train=2000, n_test=10, dim=48)
-    x, y = data.x_train, data.y_train
-    res: dict = {"setting": {"samples": args.samples, "seeds": args.seeds, "budgets": args.budgets,
-                             "default": DEFAULT_TRACE_METHOD, "threads": torch.get_num_threads()}, "workloads": {}}
-    for name, factory in workloads().items():
-        if args.only and name not in args.only:
-            continue
-        model = trained(factory, x, y, args.steps)
-        xs, ys = x[: args.samples], y[: args.samples]
-        obj = Objective(model, xs, ys, batch_size=args.samples, dtype=torch.float64)
-        t0 = time.perf_counter()
-        H, G = obj.hessian.to_dense(), obj.ggn.to_dense()
-        H, G = (H + H.T) / 2, (G + G.T) / 2
-        ev = torch.linalg.eigvalsh(H)
-        w: dict = {"parameters": obj.num_params, "dense_seconds": time.perf_counter() - t0,
-                   "hessian_trace": float(torch.trace(H)), "ggn_trace": float(torch.trace(G)),
-                   "hessian_negative_mass": float(-ev[ev < 0].sum() / ev.abs().sum()),
-                   "hessian_top10_mass": float(ev.abs().sort(descending=True).values[:10].sum() / ev.abs().sum())}
-        print(f"{name}: P={obj.num_params}, tr H={w['hessian_trace']:.4g}, tr GGN={w['ggn_trace']:.4g}", flush=True)
-        if args.seeds > 0:
-            w["hessian"] = accuracy(H, args.budgets, args.seeds)
-            w["ggn"] = accuracy(G, args.budgets, args.seeds)
+    res: dict = {"setting": {"seeds": args.seeds, "net_seeds": args.net_seeds, "budgets": args.budgets,
+                             "default": DEFAULT_TRACE_METHOD, "threads": torch.get_num_threads(),
+                             "load_before": os.getloadavg()[0]}, "workloads": {}}
+    for family, size in matrix.parse(args.workloads):
+        w = matrix.load(family, size)
+        entry: dict = {"parameters": w.num_params, **w.describe()}
+        if w.num_params <= args.dense_max:
+            t0 = time.perf_counter()
+            cache = args.out / f"dense_{family}_{size}.pt"
+            if cache.exists():  # the same workload (seeded training) gives the same matrix
+                H = torch.load(cache)
+            else:
+                H = objective(w, dtype=torch.float64, hvp_mode="forward", max_block=64).hessian.to_dense()
+                H = (H + H.T) / 2
+                args.out.mkdir(parents=True, exist_ok=True)
+                torch.save(H, cache)
+            entry.update(dense_seconds=time.perf_counter() - t0, hessian_trace=float(torch.trace(H)),
+                         reference="exact (dense float64)")
+            print(f"{w.name}: P={w.num_params}, tr H={entry['hessian_trace']:.6g} (exact)", flush=True)
+            if args.seeds > 0:
+                entry["hessian"] = accuracy(H, args.budgets, args.seeds)
+            del H
+        elif args.net_seeds > 0:
+            entry.update(network_accuracy(w, args.budgets, args.net_seeds, args.ref_budget))
+            ref = entry["reference"]
+            entry["hessian_trace"] = ref["trace"]
+            entry["reference"] = f"{ref['method']}, {ref['hvps']} float64 products, rel. stderr {ref['rel_stderr']:.1e}"
+            print(f"{w.name}: P={w.num_params}, tr H ~ {ref['trace']:.6g} ({entry['reference']})", flush=True)
         if args.wall_repeats > 0:
-            w["wall_seconds"] = wall(model.float(), xs, ys, args.budgets, args.wall_repeats)
-        res["workloads"][name] = w
+            entry.update(wall(w, args.budgets, args.wall_repeats))
+        entry["load_after"] = os.getloadavg()[0]
+        res["workloads"][w.name] = entry
         args.out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(args.out / "bench_trace.json", res)
-        print_tables({name: w}, args.budgets)
+        print_tables({w.name: entry}, args.budgets)
     res["summary"] = summary(res["workloads"], args.budgets)
     atomic_write_json(args.out / "bench_trace.json", res)
-    print("\nRMS error / curvlinops xtrace's, over workloads x {hessian, ggn} x budgets: geometric mean, worst")
+    print("\nRMS error / curvlinops xtrace's, over workloads x budgets: geometric mean, worst")
     for method, v in sorted(res["summary"].items(), key=lambda kv: kv[1]["geomean_ratio"]):
         print(f"  {method:32s}{v['geomean_ratio']:>8.3f}{v['worst_ratio']:>8.3f}   ({v['cases']} cases)")
     return res
@@ -263,7 +291,7 @@ def summary(works: dict, budgets: list[int]) -> dict:
     """Per method: RMS error relative to curvlinops xtrace's on the same case (geometric mean and worst)."""
     ratios: dict[str, list[float]] = {}
     for w in works.values():
-        for kind in ("hessian", "ggn"):
+        for kind in ("hessian",):
             rows = w.get(kind, {})
             for b in budgets:
                 ref = rows.get("curvlinops xtrace", {}).get(b)
@@ -279,10 +307,11 @@ def summary(works: dict, budgets: list[int]) -> dict:
 
 def print_tables(works: dict, budgets: list[int]) -> None:
     for name, w in works.items():
-        for kind in ("hessian", "ggn"):
+        for kind in ("hessian",):
             if kind not in w:
                 continue
-            print(f"\n{name} {kind} (P={w['parameters']}): RMS relative error [coverage of 2 stderr]")
+            print(f"\n{name} {kind} (P={w['parameters']}, reference {w['reference']}): RMS relative error "
+                  "[coverage of 2 stderr]")
             for method, by in w[kind].items():
                 cells = []
                 for b in budgets:
@@ -293,9 +322,9 @@ def print_tables(works: dict, budgets: list[int]) -> None:
                         cov = "" if r["coverage_2se"] is None else f" [{r['coverage_2se']:.2f}]"
                         cells.append(f"{r['rms_rel']:>10.3e}{cov:>8}")
                 print(f"  {method:32s}" + "".join(cells))
-        if "wall_seconds" in w:
-            print(f"\n{name} CPU seconds (median)")
-            for method, by in w["wall_seconds"].items():
+        if "cpu_seconds" in w:
+            print(f"\n{name} CPU seconds (median), data passes {w['passes']}")
+            for method, by in w["cpu_seconds"].items():
                 print(f"  {method:32s}" + "".join(f"{(by.get(b) or by.get(str(b))):>10.3f}" for b in budgets))
 
 

@@ -47,6 +47,9 @@ from landscape.objective.parameters import ParamSpec, eval_mode, select_paramete
 from landscape.objective.sources import DataError, StreamSource, TensorSource, is_in_memory, subset_indices
 
 KINDS = ("hessian", "ggn", "fisher")
+BATCHED_MAX_PARAMS = 8192
+"""Models with convolutions or recurrent layers get vmap-ed block products on kept graphs up to this many
+parameters (see ``Objective._second_backward``)."""
 
 
 class _Bound(nn.Module):
@@ -678,21 +681,25 @@ class Objective:
 
     def _second_backward(self, g: torch.Tensor, leaf: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
         """``H V`` from a kept gradient graph: one backward per vector, or one ``vmap``-ed backward for the
-        whole block (``is_grads_batched``). The choice is fixed by the model, not by a timing, so the numbers
-        are reproducible: batched for models without convolutions or recurrent layers (an MLP's 16 products
-        took 0.05 s of CPU instead of 0.39 s), looped otherwise (a CNN's were 1.75x slower batched) and
-        wherever ``vmap`` cannot batch the backward."""
+        whole block (``is_grads_batched``); both give ``H V`` to rounding. The choice depends on the model
+        only, never on a timing, so the numbers are reproducible (a timed choice made a resumed study differ
+        from an uninterrupted one in the last bits). Batched for models without convolutions or recurrent
+        layers, and for those with at most ``BATCHED_MAX_PARAMS`` parameters; looped otherwise, and wherever
+        ``vmap`` cannot batch the backward. Measured (one thread, CPU seconds for 16 products, the workloads of
+        ``benchmarks/workloads.py``): small LSTM (3.2k parameters) 0.045 batched vs 0.138 looped, small CNN (1k)
+        0.068 vs 0.093; large LSTM (44k) 2.4 vs 1.6, large CNN (14k) 0.35 vs 0.25; an MLP's 0.05 vs 0.39."""
         if len(V) > 1 and self._mode_chosen.get("cached") != "loop":
             if "cached" not in self._mode_chosen:
                 slow = (nn.modules.conv._ConvNd, nn.RNNBase)
-                self._mode_chosen["cached"] = "loop" if any(isinstance(m, slow) for m in self.model.modules()) \
+                layered = any(isinstance(m, slow) for m in self.model.modules())
+                self._mode_chosen["cached"] = "loop" if layered and self.num_params > BATCHED_MAX_PARAMS \
                     else "batched"
             if self._mode_chosen["cached"] == "batched":
                 try:
                     return products.batched_grad(g, leaf, V)
                 except (RuntimeError, NotImplementedError):
                     self._mode_chosen["cached"] = "loop"
-        return torch.stack([products.grad_of(g, leaf, v, retain=True) for v in V])
+        return products.grad_of_rows(g, leaf, V)
 
     def _gradient_graph(self, i: int, batch: Any) -> tuple[torch.Tensor, torch.Tensor, Any] | None:
         """``(leaf, grad, count)`` of micro-batch ``i`` at ``w0`` with its graph kept, or None when it is not

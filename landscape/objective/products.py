@@ -37,6 +37,12 @@ def grad_of(out: torch.Tensor, inp: torch.Tensor, cotangent: torch.Tensor, retai
     return g
 
 
+def grad_of_rows(out: torch.Tensor, inp: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+    """The vector-Jacobian products ``V_k^T d out / d inp`` of a block, one backward per row; the graph is
+    kept."""
+    return torch.stack([grad_of(out, inp, v, retain=True) for v in V])
+
+
 def batched_grad(out: torch.Tensor, inp: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
     """The vector-Jacobian products ``V_k^T d out / d inp`` of a block, in one ``vmap``-ed backward
     (``is_grads_batched``); the graph is kept."""
@@ -135,5 +141,5 @@ def fisher(obj: Any, w: torch.Tensor, batch: Any, V: torch.Tensor) -> tuple[torc
             len(losses)
 
 
-__all__ = ["batched_grad", "fisher", "ggn", "grad_of", "gradient_graph", "graph_bytes", "hvp_forward", "hvp_reverse",
-           "second_order"]
+__all__ = ["batched_grad", "fisher", "ggn", "grad_of", "grad_of_rows", "gradient_graph", "graph_bytes", "hvp_forward",
+           "hvp_reverse", "second_order"]
