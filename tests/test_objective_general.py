@@ -276,3 +276,21 @@ def test_a_fisher_pass_first_leaves_the_loss_count_to_the_loss(data):
     obj.fvp(obj.params())
     assert obj.total_count == 100 and obj.num_samples == 50
     assert obj.loss() == pytest.approx(Objective(net, x, y).loss() / 2, rel=1e-13)
+
+
+def test_activation_estimate_counts_intermediates_no_module_returns():
+    """The chunk cap's activation estimate sees an attention-score matrix computed inside ``forward`` (no
+    module returns it): at least the scores and their softmax, at most a few times that."""
+    class Attention(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.q, self.o = nn.Linear(4, 4), nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            scores = torch.softmax(self.q(x) @ x.transpose(1, 2), -1)
+            return self.o((scores @ x).mean(1))
+
+    x, y = torch.randn(8, 64, 4), torch.randint(0, 3, (8,))
+    obj = Objective(Attention(), x, y, batch_size=8)
+    scores = 8 * 64 * 64 * 4
+    assert 2 * scores <= obj._activation_bytes(obj.source.first()) <= 4 * scores

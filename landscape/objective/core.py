@@ -37,6 +37,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 from torch.func import functional_call, grad as func_grad, vmap
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from landscape.curvature.operators import CurvatureOperator
 from landscape.distributed import all_reduce_sum, rank, world_size
@@ -61,6 +63,26 @@ class _Bound(nn.Module):
 
     def forward(self, fn: Callable[..., Any], *args: Any) -> Any:
         return fn(self.model, *args)
+
+
+class _OutputBytes(TorchDispatchMode):
+    """Sums the bytes of the new storages the dispatched operators create. An output aliasing an input, or at
+    the address of a storage already counted (a view, or memory freed and reused), adds nothing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total, self._seen = 0, set()
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        inputs = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0]
+                  if isinstance(t, torch.Tensor)}
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and (ptr := t.untyped_storage().data_ptr()) not in inputs | self._seen:
+                self._seen.add(ptr)
+                self.total += t.untyped_storage().nbytes()
+        return out
 
 
 class Objective:
@@ -532,22 +554,11 @@ class Objective:
         return self._auto_chunk
 
     def _activation_bytes(self, batch: Any) -> int:
-        """Bytes of every tensor output of every submodule in one eval-mode forward of ``batch``."""
-        total = 0
-
-        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
-            nonlocal total
-            outs = output if isinstance(output, (tuple, list)) else (output,)
-            total += sum(o.numel() * o.element_size() for o in outs if isinstance(o, torch.Tensor))
-
-        handles = [m.register_forward_hook(hook) for m in self.model.modules()]
-        try:
-            with torch.no_grad(), eval_mode(self.model):
-                self.call(self.loss_spec.value, self.w0, batch)
-        finally:
-            for h in handles:
-                h.remove()
-        return total
+        """Bytes of the storages the operators create in one eval-mode forward of ``batch``: its activations,
+        including intermediates no module returns (attention scores; module outputs alone missed them)."""
+        with _OutputBytes() as counter, torch.no_grad(), eval_mode(self.model):
+            self.call(self.loss_spec.value, self.w0, batch)
+        return counter.total
 
     def loss_and_grad(self, w: torch.Tensor | None = None) -> tuple[float, torch.Tensor]:
         """``(L(w), grad L(w))`` in one data pass."""
