@@ -6,7 +6,7 @@ SGD, ASAM, SAM and finite-difference GNR: SAM and GNR must announce float32), co
 every optimizer (``torch.cuda.set_sync_debug_mode``, against tests/test_host_syncs.py's table), runs
 ``landscape analyze`` on the checkpoint, draws a small 2-D surface and, on every visible GPU under ``torchrun``
 (NCCL), trains SAM in bf16 and GSAM (its passes skip DDP: the BatchNorm statistics are broadcast after each step)
-and repeats analysis and surface; prints a pass/fail table. Without a CUDA GPU it says so and exits 0.
+and repeats analysis and surface; also a regression MLP (train, analyze, plot2d); prints a pass/fail table. Without a CUDA GPU it says so and exits 0.
 
     python benchmarks/gpu_check.py [--workdir DIR] [--epochs 2]
     python benchmarks/gpu_check.py --device cpu   # a dry run of the same commands on the CPU (tiny sizes)
@@ -130,6 +130,15 @@ def main() -> int:
     side = "3" if small else "7"
     checks.append((f"plot2d {side}x{side}", py + ["plot2d", ckpt, "--xpoints", side, "--out", str(work / "surface"),
                                                   "--no-html", *view]))
+    # the regression task on the device (its per-point sums once mixed CPU zeros with device losses)
+    reg = str(work / "regression.pt")
+    checks.append(("train regression mlp", py + ["train", "--out", reg, "--model", "mlp", "--data", "synthetic",
+                                                 "--data-arg", "task=regression", "--device", args.device,
+                                                 "--steps", "3", "--quiet", "--restart"]))
+    checks.append(("analyze regression", py + ["analyze", reg, "--json", str(work / "regression.json"), "--top-k",
+                                               "2", "--max-iter", "10", *view]))
+    checks.append(("plot2d regression", py + ["plot2d", reg, "--xpoints", "3", "--out", str(work / "reg_surface"),
+                                              "--no-html", *view]))
     if gpus > 1:
         run = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={gpus}", "-m", "landscape"]
         checks.append((f"torchrun x{gpus} train sam bf16", run + ["train", "--out", str(work / "ddp.pt"),
