@@ -6,7 +6,8 @@ SGD, ASAM, SAM and finite-difference GNR: SAM and GNR must announce float32), co
 every optimizer (``torch.cuda.set_sync_debug_mode``, against tests/test_host_syncs.py's table), runs
 ``landscape analyze`` on the checkpoint, draws a small 2-D surface and, on every visible GPU under ``torchrun``
 (NCCL), trains SAM in bf16 and GSAM (its passes skip DDP: the BatchNorm statistics are broadcast after each step)
-and repeats analysis and surface; also a regression MLP (train, analyze, plot2d); prints a pass/fail table. Without a CUDA GPU it says so and exits 0.
+and repeats analysis and surface; also a regression MLP (train, analyze, plot2d); prints a pass/fail table.
+Without a CUDA GPU it says so and exits 0.
 
     python benchmarks/gpu_check.py [--workdir DIR] [--epochs 2]
     python benchmarks/gpu_check.py --device cpu   # a dry run of the same commands on the CPU (tiny sizes)
