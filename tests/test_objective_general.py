@@ -294,3 +294,19 @@ def test_activation_estimate_counts_intermediates_no_module_returns():
     obj = Objective(Attention(), x, y, batch_size=8)
     scores = 8 * 64 * 64 * 4
     assert 2 * scores <= obj._activation_bytes(obj.source.first()) <= 4 * scores
+
+
+def test_regression_sums_stay_on_the_objective_device():
+    """Issue 20, crash 2: the per-point rows of a regression loss (no accuracy: zeros for correct/predictions)
+    are made on the objective's device. The model and batch moved to ``meta`` after construction; one point
+    and a vmap-ed chunk. A CPU ``torch.zeros(())`` stacked with the device loss raised here."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    obj = Objective(net, torch.randn(10, 3), torch.randn(10, 2), task="regression", batch_size=5)
+    meta = torch.device("meta")
+    obj.model.to(meta)
+    obj.device, obj.w0 = meta, obj.w0.to(meta)
+    batch = tuple(t.to(meta) for t in obj.source.first())
+    for n in (1, 3):
+        rows = obj._evaluate_chunk(obj.w0.expand(n, -1), batch, 0)
+        assert rows.shape == (n, 4) and rows.device == meta
