@@ -1,6 +1,7 @@
 """Run by tests/test_objective.py alone or under torchrun (2 gloo ranks): objective results as JSON."""
 from __future__ import annotations
 
+import gc
 import json
 import sys
 
@@ -43,7 +44,9 @@ def main(out: str) -> None:
     if D.is_main():
         with open(out, "w") as f:
             json.dump(res, f)
-    if dist.is_initialized():
+    if dist.is_initialized():  # every rank done before the group goes (a rank leaving early can abort gloo)
+        gc.collect()
+        dist.barrier()
         dist.destroy_process_group()
 
 

@@ -3,6 +3,7 @@
 Every rank also writes ``OUT.rankN.json`` saying whether the surface it got back is complete."""
 from __future__ import annotations
 
+import gc
 import json
 import sys
 
@@ -29,7 +30,9 @@ def main(out: str) -> None:
     assert auto.complete
     with open(f"{out}.rank{D.rank()}.json", "w") as f:
         json.dump({"complete": s.complete}, f)
-    if dist.is_initialized():
+    if dist.is_initialized():  # every rank done before the group goes (a rank leaving early can abort gloo)
+        gc.collect()
+        dist.barrier()
         dist.destroy_process_group()
 
 

@@ -41,7 +41,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from landscape.curvature.operators import CurvatureOperator
-from landscape.distributed import all_reduce_sum, rank, world_size
+from landscape.distributed import all_reduce_sum, free_memory, rank, world_size
 from landscape.objective import pointwise, products
 from landscape.objective.batches import group_rows, num_rows, row_dims, take_rows
 from landscape.objective.loss import Loss, LossError, LossValue, TaskLoss, as_loss, check_value
@@ -491,8 +491,8 @@ class Objective:
     def auto_chunk_size(self, max_chunk: int = 256, memory: int | None = None, points: int | None = None) -> int:
         """How many points :meth:`evaluate_many` should push through one ``vmap``-ed forward.
 
-        The cap: the activations of one point on one micro-batch (all module outputs of a forward,
-        an upper bound on what is alive at once) plus one weight vector, times the chunk, must fit
+        The cap: the activations of one point on one micro-batch (the storages a forward's operators
+        create, :meth:`_activation_bytes`) plus one weight vector, times the chunk, must fit
         ``memory`` bytes (default: a quarter of the free device memory / available RAM). Below it, one point
         at a time (written into the module where that path applies, timed on the whole data) races chunks of
         4, 16, 64, 256 points timed in turn on the first micro-batch (a warm-up, then the best of 2, scaled to
@@ -774,8 +774,6 @@ class Objective:
 
 def _free_memory(device: torch.device) -> int:
     """Free bytes on ``device`` (:func:`landscape.distributed.free_memory`: CUDA counts PyTorch's cached memory)."""
-    from landscape.distributed import free_memory
-
     return free_memory(device)
 
 
