@@ -81,26 +81,13 @@ def eigenthings(model, loader, k, seed, max_iter, criterion: Callable | None = N
     return r.eigenvalues.tolist(), op.matvec.calls, {}
 
 
-class MeanLoss(torch.nn.Module):
-    """A mean-reduced criterion as the loss module curvlinops asks for (it reads ``reduction``)."""
-
-    reduction = "mean"
-
-    def __init__(self, crit: Callable) -> None:
-        super().__init__()
-        self.crit = crit
-
-    def forward(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.crit(out, y)
-
-
 def curvlinops_eigsh(model, loader, k, seed, tol, criterion: Callable | None = None, ncv=None
                      ) -> tuple[list[float], int, dict]:
     from curvlinops import HessianLinearOperator
     from scipy.sparse.linalg import LinearOperator
 
     params = [p for p in model.parameters() if p.requires_grad]
-    H = HessianLinearOperator(model, MeanLoss(criterion or torch.nn.CrossEntropyLoss()), params, loader,
+    H = HessianLinearOperator(model, criterion or torch.nn.CrossEntropyLoss(), params, loader,
                               check_deterministic=False,
                               num_data=sum(len(b[1]) for b in loader)).to_scipy()
     mv = Counted(lambda V: H.matvec(V) if np.ndim(V) == 1 else H.matmat(V),

@@ -27,6 +27,7 @@ Writes ``<out>/bench_trace.json`` and prints the tables. Compare times within on
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 import time
@@ -46,19 +47,6 @@ from landscape.curvature.trace import (  # noqa: E402
     DEFAULT_TRACE_METHOD, estimate_trace, hutchinson, hutchpp, xtrace)
 from landscape.io import atomic_write_json  # noqa: E402
 from landscape.objective import Objective  # noqa: E402
-
-
-class Criterion(nn.Module):
-    """A workload's mean criterion as the module curvlinops expects (``reduction="mean"``)."""
-
-    reduction = "mean"
-
-    def __init__(self, f: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
-        super().__init__()
-        self.f = f
-
-    def forward(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.f(out, y)
 
 
 def objective(w: matrix.Workload, **kw: Any) -> Objective:
@@ -139,13 +127,6 @@ def _summary(errs: list[float], tr: float, cover: list[bool] | None, hvps: int) 
             else float(np.mean(cover)), "hvps": int(hvps), "seeds": len(e)}
 
 
-def curvlinops_hessian(w: matrix.Workload) -> Any:
-    from curvlinops import HessianLinearOperator
-
-    params = [p for p in w.model.parameters() if p.requires_grad]
-    return HessianLinearOperator(w.model, Criterion(w.criterion), params, list(w.loader()), check_deterministic=False)
-
-
 def network_accuracy(w: matrix.Workload, budgets: list[int], seeds: int, ref_budget: int) -> dict:
     """No exact trace: a float64 reference from ``ref_budget`` products of our default, then ``seeds`` seeds of
     our default and curvlinops' XTrace on the network (float32) at each budget."""
@@ -162,14 +143,12 @@ def network_accuracy(w: matrix.Workload, budgets: list[int], seeds: int, ref_bud
             errs.append(r.trace - tr)
             cover.append(abs(r.trace - tr) <= 2 * r.stderr)
         rows.setdefault(f"ours {DEFAULT_TRACE_METHOD}", {})[budget] = _summary(errs, tr, cover, budget)
-        try:
-            from curvlinops import xtrace as cl_xtrace
-        except ImportError:
+        if importlib.util.find_spec("curvlinops") is None:
             continue
         errs = []
         for s in range(seeds):
             torch.manual_seed(s)
-            errs.append(float(cl_xtrace(curvlinops_hessian(w), budget)) - tr)
+            errs.append(curvlinops_xtrace(w.model, w.criterion, list(w.loader()), budget)[0] - tr)
         rows.setdefault("curvlinops xtrace", {})[budget] = _summary(errs, tr, None, budget)
     out["hessian"] = rows
     return out
@@ -183,12 +162,8 @@ def wall(w: matrix.Workload, budgets: list[int], repeats: int) -> dict:
                                                                          rtol=None),
         "ours xtrace": lambda b: xtrace(objective(w).hessian, max_samples=b, rtol=None, block=b),
     }
-    try:
-        from curvlinops import xtrace as cl_xtrace
-
-        runs["curvlinops xtrace"] = lambda b: float(cl_xtrace(curvlinops_hessian(w), b))
-    except ImportError:
-        pass
+    if importlib.util.find_spec("curvlinops") is not None:
+        runs["curvlinops xtrace"] = lambda b: curvlinops_xtrace(w.model, w.criterion, list(w.loader()), b)[0]
     try:
         from hessian_eigenthings.algorithms.trace import hutch_plus_plus
         from hessian_eigenthings.operators.hessian import HessianOperator

@@ -68,14 +68,6 @@ K = 5
 BUDGETS = (30, 102)
 
 
-class FlatCrossEntropy(nn.CrossEntropyLoss):
-    """The workloads' criterion as an ``nn.CrossEntropyLoss`` (what the anchors take): mean over every prediction,
-    ``(N, T, C)`` logits flattened."""
-
-    def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return super().forward(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
-
-
 def machine() -> dict[str, Any]:
     return {"load": [round(v, 2) for v in os.getloadavg()], "threads": torch.get_num_threads()}
 
@@ -126,7 +118,7 @@ def eigen(w: wl.Workload, args: argparse.Namespace) -> dict:
     from landscape.curvature.lanczos import lanczos
     from landscape.objective import Objective
 
-    crit, loader = FlatCrossEntropy(), list(w.loader())
+    crit, loader = w.criterion, list(w.loader())
     t0 = time.perf_counter()
     ref_r = lanczos(Objective(w.model, w.x, w.y, loss=w.criterion, batch_size=w.batch_size, dtype=torch.float64),
                     K, tol=1e-12, residuals=True)
@@ -203,7 +195,7 @@ def trace(w: wl.Workload, args: argparse.Namespace) -> dict:
     from landscape.objective import Objective
 
     ref = trace_reference(w, args)
-    crit, loader = FlatCrossEntropy(), list(w.loader())
+    crit, loader = w.criterion, list(w.loader())
 
     def ours(b: int) -> Callable[[int], dict]:
         def run(s: int) -> dict:
@@ -364,7 +356,7 @@ def sam_step(w: wl.Workload, args: argparse.Namespace) -> dict:
     x, y = w.x[: w.batch_size], w.y[: w.batch_size]
     task = "language_model" if y.dim() > 1 else "classification"
     rho, alpha, lr = 0.05, 0.4, 0.01
-    crit = FlatCrossEntropy()
+    crit = w.criterion
 
     def model_copy() -> tuple[nn.Module, list]:
         m = copy.deepcopy(w.model).train()
@@ -486,7 +478,7 @@ def memory_child(path: str, contender: str, threads: int, opts: dict | None = No
         import pyhessian  # noqa: F401
 
         loader = list(w.loader())
-        run = lambda: pyhessian_eigen(w.model, loader, K, 0, 1e-3, criterion=FlatCrossEntropy())[:2]  # noqa: E731
+        run = lambda: pyhessian_eigen(w.model, loader, K, 0, 1e-3, criterion=w.criterion)[:2]  # noqa: E731
     else:
         opts = MEMORY_OPTIONS[contender] if opts is None else opts
 

@@ -6,8 +6,9 @@
 Families: an MLP, a CNN, a ResNet with BatchNorm (on 8x8 digits, scikit-learn's bundled set), an LSTM language
 model, a tiny ViT (digits upsampled to 3x16x16) and a third-party model: a HuggingFace ``transformers`` GPT-2
 from a tiny config (next-token loss on synthetic token sequences). Every model takes one input tensor and
-returns logits; ``criterion(logits, y)`` is the mean cross-entropy over every prediction (the sequence models
-flatten time), so PyHessian and the other anchors can take the same workload as ours. The GPT-2 is wrapped
+returns logits; ``criterion(logits, y)`` (an ``nn.CrossEntropyLoss``) is the mean cross-entropy over every
+prediction (the sequence models flatten time), so PyHessian and the other anchors can take the same workload as
+ours. The GPT-2 is wrapped
 (``input_ids -> logits``) for the anchors; ``w.native`` holds the HuggingFace model itself, for runs that feed
 it dict batches and its own loss.
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -34,9 +35,12 @@ FAMILIES = ("mlp", "cnn", "resnet-bn", "lstm", "vit", "hf-gpt2")
 SIZES = ("small", "large")
 
 
-def sequence_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over every prediction: ``(N, C)`` against ``(N,)``, or ``(N, T, C)`` against ``(N, T)``."""
-    return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+class SequenceCrossEntropy(nn.CrossEntropyLoss):
+    """Mean cross-entropy over every prediction: ``(N, C)`` against ``(N,)``, or ``(N, T, C)`` against ``(N, T)``.
+    An ``nn.CrossEntropyLoss`` (``reduction="mean"``), so every anchor takes it as it is."""
+
+    def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return super().forward(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
 
 
 @dataclass
@@ -48,7 +52,7 @@ class Workload:
     x: torch.Tensor
     y: torch.Tensor
     batch_size: int
-    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = sequence_cross_entropy
+    criterion: nn.Module = field(default_factory=SequenceCrossEntropy)
     native: Any = None
     meta: dict = field(default_factory=dict)
 
@@ -160,13 +164,13 @@ def _build(family: str, size: str) -> tuple[nn.Module, torch.Tensor, torch.Tenso
 
 
 def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, seed: int) -> None:
-    g = torch.Generator().manual_seed(seed)
+    g, criterion = torch.Generator().manual_seed(seed), SequenceCrossEntropy()
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     model.train()
     for _ in range(steps):
         idx = torch.randint(len(x), (min(64, len(x)),), generator=g)
         opt.zero_grad()
-        sequence_cross_entropy(model(x[idx]), y[idx]).backward()
+        criterion(model(x[idx]), y[idx]).backward()
         opt.step()
     model.eval()
 
