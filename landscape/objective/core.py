@@ -79,7 +79,8 @@ class _OutputBytes(TorchDispatchMode):
         inputs = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0]
                   if isinstance(t, torch.Tensor)}
         for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor) and (ptr := t.untyped_storage().data_ptr()) not in inputs | self._seen:
+            if isinstance(t, torch.Tensor) and (ptr := t.untyped_storage().data_ptr()) not in inputs \
+                    and ptr not in self._seen:
                 self._seen.add(ptr)
                 self.total += t.untyped_storage().nbytes()
         return out
@@ -516,11 +517,11 @@ class Objective:
         def per_point_time(c: int) -> float:
             """Seconds per point on the whole data (estimated from the first batch for a chunk)."""
             W = self.w0.expand(c, -1)
+            whole = c == 1 and pointwise.supported(self)
             best = float("inf")
             for rep in range(3):
                 _sync(self.device)
                 t0 = time.perf_counter()
-                whole = c == 1 and pointwise.supported(self)
                 if whole:
                     pointwise.evaluate_points(self, W, self._row)
                 else:
