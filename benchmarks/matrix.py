@@ -758,14 +758,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated: {', '.join(SECTIONS)}")
     p.add_argument("--repeats", type=int, default=None, help="interleaved rounds [default: 3; --quick: 1]")
     p.add_argument("--quick", action="store_true", help="small workloads, 1 repeat, one setting per anchor, "
-                   "21x21 surfaces only, trace at 30 HVPs with 3 seeds and a shorter reference")
+                   "21x21 surfaces only, trace at 30 HVPs with 5 seeds and a shorter reference")
     p.add_argument("--full", action="store_true", help="51x51 surfaces on the large workloads too")
     p.add_argument("--threads", type=int, default=1, help="torch threads [default: 1]")
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "matrix" / "matrix.json")
     p.add_argument("--fresh", action="store_true",
                    help="recompute the selected cells (default: skip those --out holds; other cells are kept)")
     p.add_argument("--steps", type=int, default=10, help="sam-step: steps per round")
-    p.add_argument("--trace-seeds", type=int, default=None, help="trace: seeds per budget [default: 5; --quick: 3]")
+    p.add_argument("--trace-seeds", type=int, default=None, help="trace: seeds per budget [default: 10; --quick: 5]")
     p.add_argument("--exact-max-params", type=int, default=None,
                    help="trace: exact (dense) reference up to this many parameters [default: 5000; --quick: 1100]")
     p.add_argument("--reference-budget", type=int, default=None,
@@ -780,7 +780,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.workloads = ",".join(f"{f}/small" for f in wl.FAMILIES)
     args.workloads = wl.parse(args.workloads)
     args.repeats = args.repeats or (1 if args.quick else 3)
-    args.seeds_trace = args.trace_seeds or (3 if args.quick else 5)
+    args.seeds_trace = args.trace_seeds or (5 if args.quick else 10)
     args.memory_repeats = 1 if args.quick else 2
     args.study_repeats = 1 if args.quick else 2
     args.budgets = BUDGETS[:1] if args.quick else BUDGETS

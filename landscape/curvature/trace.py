@@ -107,14 +107,18 @@ def hutchpp(
     ``sketch="random"`` (Meyer et al.): ``Q = orth(A S)`` for ``rank`` Rademacher columns ``S``
     (default ``max_samples // 3``), ``tr(Q^T A Q)`` by ``rank`` more products.
     ``sketch="lanczos"``: ``Q`` = the ``rank``-step Lanczos basis of a random start (default
-    ``2 * max_samples // 3``) and ``tr(Q^T A Q) = tr(T)`` comes with it: one product per basis
+    ``max_samples // 2``) and ``tr(Q^T A Q) = tr(T)`` comes with it: one product per basis
     vector, and a Krylov space captures the dominant eigenvectors far better than one sketch.
     ``sketch="block"``: ``Q`` = the block Krylov basis ``[V, A V, A^2 V, ...]`` (orthonormalised as it
-    grows) of ``b = min(block, rank // 16)`` random start vectors (at least 16 steps deep: measured as accurate
-    as ``lanczos``, which it equals for ``b = 1``; ``benchmarks/bench_trace.py``), ``rank // b``
+    grows) of ``b = min(block, rank // 32)`` random start vectors (at least 32 steps deep; it equals
+    ``lanczos`` for ``b = 1``, i.e. below 128 products), ``rank // b``
     block products (one data pass each, where ``lanczos`` needs one per vector),
     ``tr(Q^T A Q) = sum_j tr(V_j^T (A V_j))`` from the same
-    products (default ``rank`` as for ``lanczos``).
+    products (default ``rank`` as for ``lanczos``). The half-and-half split: the exact Rademacher variance
+    ``2 (||P A P||_F^2 - sum_i (P A P)_ii^2) / (max_samples - rank)`` of the dense Hessians of the six small
+    workloads of ``benchmarks/workloads.py`` is least at ``rank`` = 0.33-0.5 ``max_samples`` for 30 products
+    and 0.35-0.65 for 102, and within 20% of that least at one half on all twelve; 2/3 cost up to 55% more
+    variance (a ViT's few outliers over a flat bulk).
     Either way ``Q`` is independent of the Hutchinson vectors, so the estimate is unbiased.
     The default ``rank`` is capped so that the float64 basis fits ``basis_bytes``.
     """
@@ -124,9 +128,9 @@ def hutchpp(
     P = op.num_params
     cost = 2 if sketch == "random" else 1  # products per sketch dimension
     if rank is None:
-        rank = min(max_samples // 3 if sketch == "random" else 2 * max_samples // 3, max(1, basis_bytes // (8 * P)))
+        rank = min(max_samples // 3 if sketch == "random" else max_samples // 2, max(1, basis_bytes // (8 * P)))
     r = min(P, rank)
-    b = max(1, min(block, r // 16))  # block Krylov: at least 16 steps deep
+    b = max(1, min(block, r // 32))  # block Krylov: at least 32 steps deep
     if sketch == "block" and r < P:
         r = r // b * b  # whole blocks
     if r < 1 or (r < P and max_samples - cost * r < 2):
