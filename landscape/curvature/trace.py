@@ -116,8 +116,8 @@ def hutchpp(
     ``tr(Q^T A Q) = sum_j tr(V_j^T (A V_j))`` from the same
     products (default ``rank`` as for ``lanczos``). The half-and-half split: the exact Rademacher variance
     ``2 (||P A P||_F^2 - sum_i (P A P)_ii^2) / (max_samples - rank)`` of the dense Hessians of the six small
-    workloads of ``benchmarks/workloads.py`` is least at ``rank`` = 0.33-0.5 ``max_samples`` for 30 products
-    and 0.35-0.65 for 102, and within 20% of that least at one half on all twelve; 2/3 cost up to 55% more
+    workloads of ``benchmarks/workloads.py`` is least at ``rank`` = 0.33-0.53 ``max_samples`` for 30 products
+    and 0.3-0.65 for 102, and within 20% of that least at one half on all twelve; 2/3 cost up to 55% more
     variance (a ViT's few outliers over a flat bulk).
     Either way ``Q`` is independent of the Hutchinson vectors, so the estimate is unbiased.
     The default ``rank`` is capped so that the float64 basis fits ``basis_bytes``.
