@@ -155,16 +155,17 @@ def test_x_estimators_are_exact_once_the_budget_covers_the_dimension(data):
     assert_unchanged(model, before)
 
 
-def xtrace_by_definition(A: torch.Tensor, Om: torch.Tensor) -> np.ndarray:
-    """tr(Pi_i A Pi_i) + (P-m+1) u_i^T A u_i / ||u_i||^2, Pi_i projecting on range(A Omega_-i),
-    u_i = (I - Pi_i) omega_i."""
+def xtrace_by_definition(A: torch.Tensor, Om: torch.Tensor, normalise: bool = True) -> np.ndarray:
+    """tr(Pi_i A Pi_i) + (P-m+1) u_i^T A u_i / ||u_i||^2 (normalised; else + u_i^T A u_i), Pi_i projecting on
+    range(A Omega_-i), u_i = (I - Pi_i) omega_i."""
     m, n = Om.shape
     out = []
     for i in range(m):
         Qi = torch.linalg.qr(A @ Om[torch.arange(m) != i].T).Q
         Pi = Qi @ Qi.T
         u = Om[i] - Pi @ Om[i]
-        out.append(float(torch.trace(Pi @ A @ Pi) + (n - m + 1) * (u @ A @ u) / (u @ u)))
+        rest = (n - m + 1) * (u @ A @ u) / (u @ u) if normalise else u @ A @ u
+        out.append(float(torch.trace(Pi @ A @ Pi) + rest))
     return np.array(out)
 
 
@@ -186,17 +187,25 @@ def jackknife_by_definition(estimates, A: torch.Tensor, Om: torch.Tensor) -> flo
     return float(np.sqrt((m - 1) / m * ((T - T.mean()) ** 2).sum()))
 
 
-def test_xtrace_estimates_and_jackknife_follow_their_definitions():
+@pytest.mark.parametrize("vectors", ["rademacher", "sphere"])
+def test_xtrace_estimates_and_jackknife_follow_their_definitions(vectors):
     A = decaying(30) - 0.3 * torch.eye(30, dtype=torch.float64)  # indefinite
     m = 5
-    r = xtrace(MatrixOperator(A), max_samples=2 * m, rtol=None, seed=4, block=3)
+    r = xtrace(MatrixOperator(A), max_samples=2 * m, rtol=None, seed=4, block=3, vectors=vectors)
     gen = torch.Generator().manual_seed(4)
-    Om = torch.cat([sphere(3, 30, gen), sphere(2, 30, gen)])
-    expected = xtrace_by_definition(A, Om)
+    draw = rademacher if vectors == "rademacher" else sphere
+    Om = torch.cat([draw(3, 30, gen), draw(2, 30, gen)])
+
+    def definition(A: torch.Tensor, Om: torch.Tensor) -> np.ndarray:
+        return xtrace_by_definition(A, Om, normalise=vectors == "sphere")
+
+    expected = definition(A, Om)
     np.testing.assert_allclose(r.samples, expected, rtol=1e-10)
     assert r.trace == pytest.approx(expected.mean(), rel=1e-12) and r.num_matvecs == 2 * m and r.num_passes == 4
     assert r.stderr_exchangeable == pytest.approx(expected.std(ddof=1) / np.sqrt(m), rel=1e-9)
-    assert r.stderr == pytest.approx(jackknife_by_definition(xtrace_by_definition, A, Om), rel=1e-9)
+    assert r.stderr == pytest.approx(jackknife_by_definition(definition, A, Om), rel=1e-9)
+    with pytest.raises(ValueError, match="vectors"):
+        xtrace(MatrixOperator(A), vectors="gaussian")
 
 
 def test_xnystrace_estimates_and_jackknife_follow_their_definitions():
@@ -220,26 +229,29 @@ def test_x_estimators_are_exact_on_low_rank_operators():
     assert abs(r.trace - 10.5) < 1e-10 and r.stderr < 1e-10
 
 
-@pytest.mark.parametrize("method", ["xtrace", "xnystrace", "hutchpp-block"])
+@pytest.mark.parametrize("method", ["xtrace", "xtrace-sphere", "xnystrace", "hutchpp-block"])
 def test_x_estimators_are_unbiased(method):
     """The mean over 600 seeds is within 4 standard errors of tr(A), that standard error taken from the spread
     of the 600 estimates (not from the estimator's own stderr)."""
     A = decaying(30) + (0.5 if method == "xnystrace" else -0.2) * torch.eye(30, dtype=torch.float64)
     tr = float(torch.trace(A))
     budget = {"hutchpp-block": 12}.get(method, 6)
-    est = np.array([estimate_trace(MatrixOperator(A), method, max_samples=budget, rtol=None, seed=s).trace
-                    for s in range(600)])
+    options = {"vectors": "sphere"} if method == "xtrace-sphere" else {}
+    est = np.array([estimate_trace(MatrixOperator(A), method.split("-sphere")[0], max_samples=budget, rtol=None,
+                                   seed=s, **options).trace for s in range(600)])
     se = est.std(ddof=1) / np.sqrt(len(est))
     assert abs(est.mean() - tr) < 4 * se and se < 0.05 * abs(tr)
 
 
-@pytest.mark.parametrize("method", ["xtrace", "xnystrace"])
+@pytest.mark.parametrize("method", ["xtrace", "xtrace-sphere", "xnystrace"])
 def test_x_standard_error_covers_the_error(method):
     """Over 150 seeds |estimate - tr| <= 2 stderr at least 93% of the time (the jackknife errs on the safe side;
     the exchangeable estimates' spread would not), and the stderr's RMS is within [1, 3] x the RMS error."""
     A = decaying(120) + 0.05 * torch.eye(120, dtype=torch.float64)
     tr = float(torch.trace(A))
-    runs = [estimate_trace(MatrixOperator(A), method, max_samples=24, rtol=None, seed=s) for s in range(150)]
+    options = {"vectors": "sphere"} if method == "xtrace-sphere" else {}
+    runs = [estimate_trace(MatrixOperator(A), method.split("-sphere")[0], max_samples=24, rtol=None, seed=s, **options)
+            for s in range(150)]
     err = np.array([r.trace - tr for r in runs])
     se = np.array([r.stderr for r in runs])
     assert np.mean(np.abs(err) <= 2 * se) >= 0.93
