@@ -189,8 +189,9 @@ def xtrace(
     ``H = Q^T Z``, ``W = Q^T Omega``, ``c_i = (I - s_i s_i^T) W e_i`` and ``d_i = omega_i^T A omega_i``.
     Each is unbiased (``Pi_i`` does not depend on ``omega_i``; ``E omega omega^T = I``, and a normalised ``u_i``
     is isotropic in ``range(I - Pi_i)``); the result is their mean. Rademacher is the default: over the six small
-    workloads of the benchmark matrix (dense Hessians, 30 and 102 products) sphere vectors had 1.05x its error
-    (geometric mean; 0.78-1.44x by case), as Rademacher vectors drop the diagonal's share of the variance.
+    workloads of the benchmark matrix (dense Hessians, 30 and 102 products, 40 seeds) it had 1.00x curvlinops'
+    error (the same estimator) and sphere vectors 1.05x (geometric means; 0.78-1.44x by case): random signs drop
+    the diagonal's share of a Hutchinson term's variance.
     ``stderr`` is the jackknife's over the ``m`` leave-one-vector-out XTrace runs (closed form from the same
     small matrices, :func:`_xtrace_jackknife`), which errs on the safe side, where the exchangeable
     estimates' spread ``std / sqrt(m)`` (``stderr_exchangeable``) runs ~15-35% low. Vectors come in blocks
