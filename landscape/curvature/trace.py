@@ -364,7 +364,10 @@ def _xtrace_estimates(Om: torch.Tensor, Q: torch.Tensor, Z: torch.Tensor, R: tor
         uAu = d[i] - 2 * c @ R[:, i] + c @ H @ c
         u2 = norms[i] - w @ w + nw @ nw
         lows.append(float(trH - torch.trace(n.T @ H @ n)))
-        rest = (float((P - m + n.shape[1]) * uAu / u2) if u2 > 0 else 0.0) if normalise else float(uAu)
+        if normalise:
+            rest = float((P - m + n.shape[1]) * uAu / u2) if u2 > 0 else 0.0
+        else:
+            rest = float(uAu)
         ests.append(lows[-1] + rest)
     return np.asarray(ests), float(np.mean(lows)), None
 
