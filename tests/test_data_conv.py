@@ -1,0 +1,120 @@
+"""Convolutions of data (``landscape.objective.data_conv``): the products the objective computes through them
+equal the dense float64 Hessian, Gauss-Newton and Fisher on conv nets of every convolution option, and the
+unused input gradient is really skipped."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from landscape.objective import Objective
+from landscape.objective.data_conv import _DataConv, data_convolutions, has_convolutions
+from tests.curvature_helpers import dense_hessian, full_loss
+
+CASES = {  # name: (first layer, input shape)
+    "conv1d": (lambda: nn.Conv1d(2, 3, 3, padding=1), (2, 7)),
+    "conv2d-stride-groups": (lambda: nn.Conv2d(2, 4, 3, stride=2, padding=1, groups=2), (2, 6, 6)),
+    "conv2d-dilation-nobias": (lambda: nn.Conv2d(1, 3, 3, dilation=2, bias=False), (1, 7, 7)),
+    "conv2d-circular": (lambda: nn.Conv2d(2, 3, 3, padding=1, padding_mode="circular"), (2, 5, 5)),
+    "conv2d-same": (lambda: nn.Conv2d(2, 3, 3, padding="same"), (2, 5, 5)),  # string padding: not routed
+    "conv3d": (lambda: nn.Conv3d(1, 2, 2, stride=(1, 2, 1)), (1, 3, 4, 3)),
+}
+
+
+def conv_net(name: str, seed: int = 0) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(seed)
+    first, shape = CASES[name]
+    layer = first()
+    d = len(shape) - 1
+    second = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[d - 1](layer.out_channels, 2, 1)  # its input needs a gradient
+    with torch.no_grad():
+        out = second(layer(torch.zeros(1, *shape)))
+    model = nn.Sequential(layer, nn.Tanh(), second, nn.Flatten(), nn.Linear(out.numel(), 3)).double()
+    x = torch.randn(10, *shape, dtype=torch.float64)
+    return model, x, torch.randint(0, 3, (10,))
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_hessian_equals_dense(name):
+    model, x, y = conv_net(name)
+    H = dense_hessian(model, x, y)
+    obj = Objective(model, x, y, batch_size=4)
+    assert obj._convolutional
+    V = torch.randn(3, obj.num_params, dtype=torch.float64)
+    torch.testing.assert_close(obj.hvp(V), V @ H, rtol=1e-10, atol=1e-12)  # on the kept graphs
+    w0, f = full_loss(model, x, y)
+    w = w0 + 1e-3
+    Hw = torch.autograd.functional.hessian(f, w)
+    torch.testing.assert_close(obj.hvp(V[0], w=w), Hw @ V[0], rtol=1e-10, atol=1e-12)  # built per product
+
+
+@pytest.mark.parametrize("name", ["conv2d-stride-groups", "conv3d"])
+@pytest.mark.parametrize("kind", ["ggn", "fisher"])
+def test_ggn_and_fisher_unchanged(name, kind):
+    model, x, y = conv_net(name)
+    V = torch.randn(2, sum(p.numel() for p in model.parameters()), dtype=torch.float64)
+    routed = Objective(model, x, y, batch_size=4)
+    plain = Objective(model, x, y, batch_size=4)
+    plain._convolutional = False
+    torch.testing.assert_close(routed.mvp(kind, V), plain.mvp(kind, V), rtol=1e-12, atol=1e-14)
+
+
+def test_routes_only_data_convolutions():
+    """The first convolution (input without gradient) becomes a ``_DataConv``; the second, whose input
+    needs a gradient, and string padding stay PyTorch's; outside the context nothing changes."""
+    model, x, _ = conv_net("conv2d-stride-groups")
+    used = []
+    real = _DataConv.apply
+
+    def spy(*args):
+        used.append(args[1].shape)
+        return real(*args)
+
+    _DataConv.apply = spy
+    try:
+        with torch.enable_grad(), data_convolutions():
+            out = model(x)
+        assert used == [model[0].weight.shape]
+        assert type(out.grad_fn).__name__ == "AddmmBackward0"
+        model(x)  # outside: not routed
+        assert len(used) == 1
+        same, x_same, _ = conv_net("conv2d-same")
+        with torch.enable_grad(), data_convolutions():
+            same(x_same)
+        with torch.no_grad(), data_convolutions():  # no graph: nothing to route
+            model(x)
+        assert len(used) == 1
+    finally:
+        _DataConv.apply = real
+
+
+def test_skips_the_transposed_convolution():
+    """The double backward of the routed first layer runs no transposed convolution of the batch (what
+    PyTorch's convolution double backward computes for the input's unused gradient)."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(1, 4, 3, padding=1)
+    x = torch.randn(8, 1, 6, 6)
+
+    def second_backward_convs(routed: bool) -> list:
+        with data_convolutions(routed):
+            g = torch.autograd.grad(conv(x).tanh().sum(), conv.weight, create_graph=True)[0]
+        with torch.profiler.profile(record_shapes=True) as prof:
+            torch.autograd.grad(g, conv.weight, torch.ones_like(g))
+        return [e.input_shapes[0] for e in prof.events() if e.name == "aten::convolution"]
+
+    assert [8, 4, 6, 6] in second_backward_convs(False)  # PyTorch: conv_transpose(g_y, V) of the whole batch
+    assert second_backward_convs(True) == [[8, 1, 6, 6]]  # routed: only conv(x, V)
+
+
+def test_batched_block_equals_loop():
+    model, x, y = conv_net("conv2d-dilation-nobias")
+    obj = Objective(model, x, y, batch_size=4)
+    V = torch.randn(5, obj.num_params, dtype=torch.float64)
+    block = obj.hvp(V)
+    assert obj._mode_chosen["cached"] == "batched"
+    torch.testing.assert_close(block, torch.stack([obj.hvp(v) for v in V]), rtol=1e-12, atol=1e-14)
+
+
+def test_has_convolutions():
+    assert has_convolutions(conv_net("conv1d")[0])
+    assert not has_convolutions(nn.Sequential(nn.Linear(2, 2)))
