@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gc
 import weakref
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -169,7 +171,32 @@ def test_non_scalar_criterion_and_wrong_batches_are_one_line_errors(data):
     with pytest.raises(LossError, match="batch 0: criterion .*not a scalar"):
         Objective(bn_net(), [(x, y)], loss=nn.CrossEntropyLoss(reduction="none")).loss()
     with pytest.raises(LossError, match=r"batch 0: the built-in classification loss needs \(inputs, target\)"):
-        Objective(Keyed(bn_net()), DataLoader(DictBatches(x, y, 9), batch_size=None)).loss()
+        Objective(bn_net(), [(x, y, y)]).loss()
+
+
+def test_task_loss_takes_dict_batches_and_model_outputs(data):
+    """The built-in losses read dict batches (the target under ``labels``, the rest the model's keywords) and
+    a HuggingFace-style output's ``logits``, as a criterion does."""
+    x, y = data
+    plain = Objective(bn_net(), x, y, batch_size=9)
+    keyed = Objective(Keyed(bn_net()), DataLoader(DictBatches(x, y, 9), batch_size=None))
+    wrapped = Objective(Logits(bn_net()), x, y, batch_size=9)
+    for other in (keyed, wrapped):
+        a, b = other.evaluate(), plain.evaluate()
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-12) and a["acc"] == b["acc"] is not None
+        v = torch.randn(plain.num_params, dtype=torch.float64)
+        torch.testing.assert_close(other.hvp(v), plain.hvp(v), rtol=1e-10, atol=1e-12)
+
+
+class Logits(nn.Module):
+    """The network's output in a ``ModelOutput``-like object with a ``logits`` attribute."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> Any:
+        return SimpleNamespace(logits=self.net(x))
 
 
 class Generated(IterableDataset):

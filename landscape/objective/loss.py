@@ -94,24 +94,28 @@ class TaskLoss(Loss):
         self._none = loss_fn(task, label_smoothing, reduction="none")
         self.name = task
 
+    def _forward(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, Any]:
+        """The prediction (a HuggingFace output's ``logits``) and target of an ``(x, y)`` or dict batch."""
+        inputs, y = default_split(batch, f"the built-in {self.task} loss")
+        return model_output(call_model(model, inputs)), y
+
     def value(self, model: nn.Module, batch: Any) -> LossValue:
-        x, y = _pair(batch, f"the built-in {self.task} loss")
-        out = model(x)
+        out, y = self._forward(model, batch)
         n = target_count(self.task, y)
         correct = None if self.task == "regression" else (out.argmax(-1) == y).sum().to(out.dtype)
         return LossValue(self._mean(out, y) * n, n, correct, None if correct is None else n)
 
     def output(self, model: nn.Module, batch: Any) -> torch.Tensor:
-        return model(_pair(batch, f"the built-in {self.task} loss")[0])
+        return self._forward(model, batch)[0]
 
     def output_total(self, out: torch.Tensor, batch: Any) -> tuple[torch.Tensor, float]:
-        y = batch[1]
+        y = default_split(batch, f"the built-in {self.task} loss")[1]
         n = target_count(self.task, y)
         return self._mean(out, y) * n, n
 
     def per_sample(self, model: nn.Module, batch: Any) -> torch.Tensor:
-        x, y = _pair(batch, f"the built-in {self.task} loss")
-        return self._none(model(x), y)
+        out, y = self._forward(model, batch)
+        return self._none(out, y)
 
     def describe(self) -> dict[str, Any]:
         return {"loss": self.task, "label_smoothing": self.label_smoothing}
@@ -142,7 +146,7 @@ def model_output(out: Any) -> torch.Tensor:
                     "use a loss_fn(model, batch)")
 
 
-def default_split(batch: Any) -> tuple[Any, Any]:
+def default_split(batch: Any, what: str = "a criterion") -> tuple[Any, Any]:
     """``(inputs, target)`` of an ``(x, y)`` batch or of a dict batch (target under :data:`TARGET_KEYS`)."""
     if isinstance(batch, Mapping):
         for key in TARGET_KEYS:
@@ -150,7 +154,7 @@ def default_split(batch: Any) -> tuple[Any, Any]:
                 return {k: v for k, v in batch.items() if k != key}, batch[key]
         raise LossError(f"no target in the dict batch (keys {', '.join(map(str, batch))}; looked for "
                         f"{', '.join(TARGET_KEYS)}): pass split= or a loss_fn(model, batch)")
-    return _pair(batch, "a criterion")
+    return _pair(batch, what)
 
 
 class Criterion(Loss):
