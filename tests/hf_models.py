@@ -54,6 +54,11 @@ def lm_loss(model, batch):
     return out.loss * count, count
 
 
+def lm_train_only(n: int = 24, batch: int = 5, seed: int = 0):
+    """``--data`` factory: a bare DataLoader, i.e. a train split and no test split."""
+    return lm_loader(n, batch, seed)
+
+
 def lm_data(n: int = 24, batch: int = 5, seed: int = 0):
     """``--data`` factory: the train split as a DataLoader, the test split too."""
     return {"train": lm_loader(n, batch, seed), "test": lm_loader(n // 2, batch, seed + 1)}

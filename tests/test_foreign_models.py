@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from torch.func import functional_call
@@ -104,6 +105,25 @@ def test_analyze_cli_on_a_gpt2_checkpoint_with_its_own_loss(tmp_path, gpt2, caps
     assert report["metrics"]["test_loss"] is not None and report["metrics"]["train_acc"] is None
     assert len(report["hessian_eigenvalues"]["eigenvalues"]) == 2
     assert report["sharpness"]["rows"][0]["worst_case"]["sharpness"] > 0
+
+
+@pytest.mark.parametrize("command", ["plot1d", "plot2d"])
+def test_surfaces_of_data_without_a_test_split(tmp_path, command, capsys):
+    """A ``--data`` factory that returns one DataLoader: the surfaces default to its train split."""
+    from safetensors.torch import save_model
+
+    ckpt = tmp_path / "model.safetensors"
+    save_model(tiny_gpt2(), str(ckpt))
+    stem = tmp_path / command
+    flags = ["--model", "tests.hf_models:tiny_gpt2", "--data", "tests.hf_models:lm_train_only", "--loss",
+             "tests.hf_models:lm_loss", "--xpoints", "3", "--no-html", "--format", "png", "--out", str(stem), "--quiet"]
+    assert main([command, str(ckpt), *flags]) == 0
+    assert "not finite" not in capsys.readouterr().out  # the LM loss gives no accuracy: no note about it
+    npz = np.load(f"{stem}.npz")
+    assert "train_loss" in npz.files and "test_loss" not in npz.files
+    capsys.readouterr()
+    assert main([command, str(ckpt), *flags, "--split", "test", "--restart"]) != 0  # asked for: still an error
+    assert "the data has no test split" in capsys.readouterr().err
 
 
 def test_foreign_checkpoint_files(tmp_path):
