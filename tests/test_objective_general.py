@@ -337,3 +337,15 @@ def test_regression_sums_stay_on_the_objective_device():
     for n in (1, 3):
         rows = obj._evaluate_chunk(obj.w0.expand(n, -1), batch, 0)
         assert rows.shape == (n, 4) and rows.device == meta
+
+
+def test_compiled_model_is_analyzed_through_its_original_module(data):
+    """``torch.compile``'s graphs have no double backward: the objective uses the wrapped module (same
+    parameters), so a compiled model gives the products of the plain one."""
+    x, y = data
+    net = bn_net()
+    compiled = torch.compile(net)
+    obj, plain = Objective(compiled, x, y, batch_size=9), Objective(net, x, y, batch_size=9)
+    assert obj.model is net and obj.names == plain.names
+    v = torch.randn(plain.num_params, dtype=torch.float64)
+    torch.testing.assert_close(obj.hvp(v), plain.hvp(v), rtol=0, atol=0)

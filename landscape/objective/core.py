@@ -148,6 +148,7 @@ class Objective:
             raise ValueError(f"memory must be 'auto' or 'low', got {memory!r}")
         if memory == "low":
             cache_graph, cache_memory = False, 0
+        model = getattr(model, "_orig_mod", model) if _is_compiled(model) else model  # compiled code: no 2nd order
         first = next(iter(model.parameters()), None)
         if first is None:
             raise ValueError("the model has no parameters")
@@ -773,6 +774,14 @@ class Objective:
     def operator(self, kind: str, w: torch.Tensor | None = None) -> CurvatureOperator:
         """The ``kind`` (``hessian``, ``ggn``, ``fisher``) at ``w`` (default ``w0``) as a linear operator."""
         return CurvatureOperator(self, kind, w)
+
+
+def _is_compiled(model: nn.Module) -> bool:
+    """Whether ``model`` is a ``torch.compile`` wrapper, whose compiled graphs have no double backward; its
+    original module (same parameters) is used instead."""
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    return isinstance(model, OptimizedModule)
 
 
 def _free_memory(device: torch.device) -> int:
