@@ -33,6 +33,7 @@ import torch.nn as nn
 
 from landscape.losses import loss_fn as make_loss_fn
 from landscape.losses import target_count
+from landscape.objective.double_backward import rerouted, reroutes
 
 
 @contextlib.contextmanager
@@ -108,6 +109,7 @@ class StepClosure:
         self.y: torch.Tensor | None = None
         self.calls = 0  # forward+backward passes since the last set_batch
         self.buffers_moved = False  # a pass updated BatchNorm statistics since the last sync_buffers
+        self._exact_hvp = reroutes(model) & {"weight_norm"}  # PyTorch's weight-norm double backward is wrong
 
     @property
     def params(self) -> list[nn.Parameter]:
@@ -256,7 +258,7 @@ class StepClosure:
         hv_sum = [torch.zeros_like(p) for p in params]
         bn = contextlib.nullcontext() if update_bn else frozen_bn_stats(self.model)
         self.buffers_moved |= update_bn
-        with torch.enable_grad(), bn:
+        with torch.enable_grad(), bn, rerouted(self._exact_hvp):
             if callable(vectors) and len(chunks) > 1:
                 for xc, yc in chunks:
                     loss, g = grads_of(xc, yc, create_graph=False)

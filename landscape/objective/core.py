@@ -43,7 +43,7 @@ from torch.utils._pytree import tree_flatten
 from landscape.curvature.operators import CurvatureOperator
 from landscape.distributed import all_reduce_sum, free_memory, rank, world_size
 from landscape.objective import pointwise, products
-from landscape.objective.data_conv import has_convolutions
+from landscape.objective.double_backward import reroutes
 from landscape.objective.batches import group_rows, num_rows, row_dims, take_rows
 from landscape.objective.loss import Loss, LossError, LossValue, TaskLoss, as_loss, check_value
 from landscape.objective.parameters import ParamSpec, eval_mode, select_parameters
@@ -174,7 +174,7 @@ class Objective:
         self._fixed = {n: self._cast(p) for n, p in named.items() if n not in chosen}
         self._fixed.update({n: self._cast(b) for n, b in model.named_buffers()})
         self._bound = _Bound(model)
-        self._convolutional = has_convolutions(model)  # products then skip the data's unused input gradient
+        self._reroutes = reroutes(model)  # operations whose double backward PyTorch gets wasteful or wrong
         self._stat_dtype = torch.float32 if self.device.type == "mps" else torch.float64
 
         self._shard = shard

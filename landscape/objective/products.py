@@ -20,7 +20,7 @@ from typing import Any, Iterator
 import torch
 from torch.func import grad as func_grad, jvp, vmap
 
-from landscape.objective.data_conv import data_convolutions
+from landscape.objective.double_backward import rerouted
 
 
 @contextlib.contextmanager
@@ -57,7 +57,7 @@ def gradient_graph(obj: Any, batch: Any, index: int = 0, w: torch.Tensor | None 
                    ) -> tuple[torch.Tensor, torch.Tensor, Any]:
     """``(leaf, grad total(leaf), count)`` at ``w`` (default ``w0``) with the gradient's graph kept."""
     leaf = (obj.w0 if w is None else w).detach().requires_grad_(True)
-    with torch.enable_grad(), second_order(), data_convolutions(obj._convolutional):
+    with torch.enable_grad(), second_order(), rerouted(obj._reroutes):
         v = obj.value(leaf, batch, index)
         (g,) = torch.autograd.grad(v.total, leaf, create_graph=True, allow_unused=True, materialize_grads=True)
     return leaf, g, v.count
@@ -107,7 +107,7 @@ def hvp_forward(obj: Any, w: torch.Tensor, batch: Any, V: torch.Tensor) -> tuple
         return v.total, obj._scalar(v.count)
 
     g = func_grad(total, has_aux=True)
-    with second_order():
+    with second_order(), rerouted(obj._reroutes - {"convolutions"}):  # a custom Function has no forward mode
         if len(V) == 1:
             _, hv, count = jvp(g, (w,), (V[0],), has_aux=True)
             return hv[None], count
@@ -118,7 +118,7 @@ def hvp_forward(obj: Any, w: torch.Tensor, batch: Any, V: torch.Tensor) -> tuple
 def ggn(obj: Any, w: torch.Tensor, batch: Any, V: torch.Tensor) -> tuple[torch.Tensor, Any]:
     """``J^T H_out J`` (module docstring); the graph is built once for the block."""
     leaf = w.detach().requires_grad_(True)
-    with torch.enable_grad(), second_order(), data_convolutions(obj._convolutional):
+    with torch.enable_grad(), second_order(), rerouted(obj._reroutes):
         out = obj.call(obj.loss_spec.output, leaf, batch)
         total, count = obj.loss_spec.output_total(out, batch)
         (g_out,) = torch.autograd.grad(total, out, create_graph=True)
@@ -135,7 +135,7 @@ def ggn(obj: Any, w: torch.Tensor, batch: Any, V: torch.Tensor) -> tuple[torch.T
 def fisher(obj: Any, w: torch.Tensor, batch: Any, V: torch.Tensor) -> tuple[torch.Tensor, int]:
     """``J_l^T (J_l v)`` summed over the batch's samples (module docstring); the count is the samples."""
     leaf = w.detach().requires_grad_(True)
-    with torch.enable_grad(), second_order(), data_convolutions(obj._convolutional):
+    with torch.enable_grad(), second_order(), rerouted(obj._reroutes):
         losses = obj.call(obj.loss_spec.per_sample, leaf, batch)
         u = torch.zeros_like(losses, requires_grad=True)
         (jtu,) = torch.autograd.grad(losses, leaf, u, create_graph=True)

@@ -1,14 +1,16 @@
-"""Convolutions of data (``landscape.objective.data_conv``): the products the objective computes through them
-equal the dense float64 Hessian, Gauss-Newton and Fisher on conv nets of every convolution option, and the
-unused input gradient is really skipped."""
+"""Rerouted double backward (``landscape.objective.double_backward``). Convolutions of data: the products equal
+the dense float64 Hessian, Gauss-Newton and Fisher on conv nets of every convolution option, and the unused
+input gradient is really skipped. Weight normalization: products equal finite differences of the gradient
+(PyTorch's own double backward of ``torch._weight_norm`` does not)."""
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn as nn
+from torch.nn.utils.parametrizations import weight_norm
 
 from landscape.objective import Objective
-from landscape.objective.data_conv import _DataConv, data_convolutions, has_convolutions
+from landscape.objective.double_backward import _DataConv, rerouted, reroutes
 from tests.curvature_helpers import dense_hessian, full_loss
 
 CASES = {  # name: (first layer, input shape)
@@ -39,7 +41,7 @@ def test_hessian_equals_dense(name):
     model, x, y = conv_net(name)
     H = dense_hessian(model, x, y)
     obj = Objective(model, x, y, batch_size=4)
-    assert obj._convolutional
+    assert obj._reroutes == {"convolutions"}
     V = torch.randn(3, obj.num_params, dtype=torch.float64)
     torch.testing.assert_close(obj.hvp(V), V @ H, rtol=1e-10, atol=1e-12)  # on the kept graphs
     w0, f = full_loss(model, x, y)
@@ -55,7 +57,7 @@ def test_ggn_and_fisher_unchanged(name, kind):
     V = torch.randn(2, sum(p.numel() for p in model.parameters()), dtype=torch.float64)
     routed = Objective(model, x, y, batch_size=4)
     plain = Objective(model, x, y, batch_size=4)
-    plain._convolutional = False
+    plain._reroutes = frozenset()
     torch.testing.assert_close(routed.mvp(kind, V), plain.mvp(kind, V), rtol=1e-12, atol=1e-14)
 
 
@@ -72,16 +74,16 @@ def test_routes_only_data_convolutions():
 
     _DataConv.apply = spy
     try:
-        with torch.enable_grad(), data_convolutions():
+        with torch.enable_grad(), rerouted({"convolutions"}):
             out = model(x)
         assert used == [model[0].weight.shape]
         assert type(out.grad_fn).__name__ == "AddmmBackward0"
         model(x)  # outside: not routed
         assert len(used) == 1
         same, x_same, _ = conv_net("conv2d-same")
-        with torch.enable_grad(), data_convolutions():
+        with torch.enable_grad(), rerouted({"convolutions"}):
             same(x_same)
-        with torch.no_grad(), data_convolutions():  # no graph: nothing to route
+        with torch.no_grad(), rerouted({"convolutions"}):  # no graph: nothing to route
             model(x)
         assert len(used) == 1
     finally:
@@ -96,7 +98,7 @@ def test_skips_the_transposed_convolution():
     x = torch.randn(8, 1, 6, 6)
 
     def second_backward_convs(routed: bool) -> list:
-        with data_convolutions(routed):
+        with rerouted({"convolutions"} if routed else set()):
             g = torch.autograd.grad(conv(x).tanh().sum(), conv.weight, create_graph=True)[0]
         with torch.profiler.profile(record_shapes=True) as prof:
             torch.autograd.grad(g, conv.weight, torch.ones_like(g))
@@ -115,6 +117,60 @@ def test_batched_block_equals_loop():
     torch.testing.assert_close(block, torch.stack([obj.hvp(v) for v in V]), rtol=1e-12, atol=1e-14)
 
 
-def test_has_convolutions():
-    assert has_convolutions(conv_net("conv1d")[0])
-    assert not has_convolutions(nn.Sequential(nn.Linear(2, 2)))
+def test_reroutes():
+    assert reroutes(conv_net("conv1d")[0]) == {"convolutions"}
+    assert reroutes(nn.Sequential(nn.Linear(2, 2))) == set()
+    assert reroutes(nn.Sequential(weight_norm(nn.Linear(2, 2)))) == {"weight_norm"}
+    with pytest.warns(FutureWarning):
+        old = torch.nn.utils.weight_norm(nn.Conv1d(1, 2, 2))
+    assert reroutes(old) == {"convolutions", "weight_norm"}
+
+
+WEIGHT_NORMED = {  # name: (model, input shape)
+    "linear-dim0": (lambda: nn.Sequential(weight_norm(nn.Linear(4, 5)), nn.Tanh(), nn.Linear(5, 3)), (4,)),
+    "linear-dim1": (lambda: nn.Sequential(weight_norm(nn.Linear(4, 5), dim=1), nn.Tanh(), nn.Linear(5, 3)), (4,)),
+    "conv-first": (lambda: nn.Sequential(weight_norm(nn.Conv1d(2, 3, 3, padding=1)), nn.Tanh(), nn.Flatten(),
+                                         nn.Linear(21, 3)), (2, 7)),
+    "old-hook": (lambda: nn.Sequential(nn.Linear(4, 5), nn.Tanh(), torch.nn.utils.weight_norm(nn.Linear(5, 3))),
+                 (4,)),
+}
+
+
+@pytest.mark.filterwarnings("ignore:`torch.nn.utils.weight_norm` is deprecated")
+@pytest.mark.parametrize("name", list(WEIGHT_NORMED))
+@pytest.mark.parametrize("mode", ["auto", "forward"])
+def test_weight_norm_products_equal_finite_differences(name, mode):
+    """Hessian-vector products of weight-normalized models (both modes; PyTorch has no forward-mode rule
+    for ``torch._weight_norm``) against central differences of the exact gradient, at the checkpoint and
+    away from it."""
+    torch.manual_seed(0)
+    build, shape = WEIGHT_NORMED[name]
+    model = build().double()
+    x, y = torch.randn(12, *shape, dtype=torch.float64), torch.randint(0, 3, (12,))
+    obj = Objective(model, x, y, batch_size=5, hvp_mode=mode)
+    assert "weight_norm" in obj._reroutes
+    V = torch.randn(2, obj.num_params, dtype=torch.float64)
+    for w in (obj.w0, obj.w0 + 0.05 * torch.randn(obj.num_params, dtype=torch.float64)):
+        at = None if w is obj.w0 else w
+        eps = 1e-6
+        fd = torch.stack([(obj.grad(w + eps * v) - obj.grad(w - eps * v)) / (2 * eps) for v in V])
+        torch.testing.assert_close(obj.hvp(V, w=at), fd, rtol=1e-6, atol=1e-7)
+
+
+def test_gnr_step_hvp_on_weight_norm():
+    """The training closure's exact ``H v`` (GNR) reroutes weight normalization too."""
+    from optimizers.closure import StepClosure
+
+    torch.manual_seed(0)
+    model = WEIGHT_NORMED["linear-dim0"][0]().double()
+    x, y = torch.randn(12, 4, dtype=torch.float64), torch.randint(0, 3, (12,))
+    closure = StepClosure(model, "classification")
+    closure.set_batch(x, y)
+    params = [p for p in model.parameters()]
+    v = [torch.randn_like(p) for p in params]
+    _, _, hv = closure.gradient_and_hvp(v, update_bn=False)
+    obj = Objective(model, x, y, batch_size=12)
+    flat_v = torch.cat([t.reshape(-1) for t in v])
+    eps = 1e-6
+    fd = (obj.grad(obj.w0 + eps * flat_v) - obj.grad(obj.w0 - eps * flat_v)) / (2 * eps)
+    torch.testing.assert_close(torch.cat([t.reshape(-1) for t in hv]), fd, rtol=1e-6, atol=1e-7)
