@@ -10,7 +10,9 @@ import torch.nn as nn
 from torch.nn.utils.parametrizations import weight_norm
 
 from landscape.objective import Objective
+from landscape.objective import double_backward
 from landscape.objective.double_backward import _DataConv, rerouted, reroutes
+from landscape.objective.double_backward import _lstm as unrolled
 from tests.curvature_helpers import dense_hessian, full_loss
 
 CASES = {  # name: (first layer, input shape)
@@ -195,3 +197,79 @@ def test_wav2vec2_products_exact():
     eps = 1e-6
     fd = (obj.grad(obj.w0 + eps * v) - obj.grad(obj.w0 - eps * v)) / (2 * eps)
     assert float((obj.hvp(v) - fd).abs().max() / fd.abs().max()) < 1e-8
+
+
+LSTMS = [dict(), dict(num_layers=2, batch_first=True), dict(bidirectional=True), dict(bias=False),
+         dict(num_layers=2, bidirectional=True, proj_size=2, batch_first=True)]
+
+
+@pytest.mark.parametrize("kw", LSTMS, ids=lambda kw: "-".join(f"{k}={v}" for k, v in kw.items()) or "plain")
+def test_lstm_unrolled_equals_pytorch(kw, monkeypatch):
+    """The unrolled LSTM gives ``nn.LSTM``'s output and final states, from zero and from given states."""
+    calls = []
+    monkeypatch.setattr(double_backward, "_lstm", lambda *a: calls.append(1) or unrolled(*a))
+    torch.manual_seed(0)
+    lstm = nn.LSTM(3, 4, **kw).double().eval()
+    x = torch.randn(2, 5, 3, dtype=torch.float64) if kw.get("batch_first") else torch.randn(5, 2, 3,
+                                                                                           dtype=torch.float64)
+    dirs, layers = 1 + kw.get("bidirectional", False), kw.get("num_layers", 1)
+    h0 = torch.randn(dirs * layers, 2, kw.get("proj_size", 0) or 4, dtype=torch.float64)
+    c0 = torch.randn(dirs * layers, 2, 4, dtype=torch.float64)
+    for hx in (None, (h0, c0)):
+        want = lstm(x, hx)
+        with torch.enable_grad(), rerouted({"lstm"}):
+            got = lstm(x, hx)
+        assert len(calls) == (1 if hx is None else 2)
+        torch.testing.assert_close(got[0], want[0], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(got[1], want[1], rtol=1e-12, atol=1e-12)
+
+
+class _Tagger(nn.Module):
+    """Embedding -> 2-layer bidirectional ``nn.LSTM`` -> per-token classes (third-party style)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(11, 4)
+        self.lstm = nn.LSTM(4, 3, num_layers=2, bidirectional=True, batch_first=True)
+        self.head = nn.Linear(6, 5)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(self.lstm(self.embed(tokens))[0])
+
+
+@pytest.mark.parametrize("mode", ["auto", "forward"])
+def test_lstm_products_equal_finite_differences(mode):
+    """``nn.LSTM`` models in both product modes (PyTorch's CPU LSTM has no forward-mode rule in float32):
+    float64 products against central differences of the gradient; float32 products agree with float64."""
+    torch.manual_seed(0)
+    model = _Tagger()
+    x, y = torch.randint(0, 11, (8, 6)), torch.randint(0, 5, (8, 6))
+    obj32 = Objective(model, x, y, task="language_model", batch_size=3, hvp_mode=mode)
+    assert obj32._reroutes == {"lstm"}
+    obj = Objective(model, x, y, task="language_model", batch_size=3, hvp_mode=mode, dtype=torch.float64)
+    v = torch.randn(obj.num_params, dtype=torch.float64)
+    eps = 1e-6
+    fd = (obj.grad(obj.w0 + eps * v) - obj.grad(obj.w0 - eps * v)) / (2 * eps)
+    torch.testing.assert_close(obj.hvp(v), fd, rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(obj32.hvp(v.float()).double(), fd, rtol=1e-3, atol=1e-4)
+
+
+def test_packed_lstm_runs_as_is():
+    """A packed sequence goes to PyTorch's own LSTM (the products stay right)."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    class Packed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lstm, self.head = nn.LSTM(2, 3, batch_first=True), nn.Linear(3, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            _, (h, _) = self.lstm(pack_padded_sequence(x, [4, 3, 3, 2], batch_first=True))
+            return self.head(h[-1])
+
+    torch.manual_seed(0)
+    model = Packed().double()
+    x, y = torch.randn(4, 4, 2, dtype=torch.float64), torch.randint(0, 2, (4,))
+    obj = Objective(model, x, y, batch_size=4)
+    torch.testing.assert_close(obj.hvp(torch.eye(obj.num_params, dtype=torch.float64)), dense_hessian(model, x, y),
+                               rtol=1e-9, atol=1e-11)

@@ -29,8 +29,8 @@ def unrolled_lstm(lstm: nn.LSTM, x: torch.Tensor) -> torch.Tensor:
             gates_x = gates_x + getattr(lstm, f"bias_ih_l{layer}") + getattr(lstm, f"bias_hh_l{layer}")
         h = c = x.new_zeros(n, lstm.hidden_size)
         hs = []
-        for t in range(steps):
-            i, f, g, o = (gates_x[:, t] + F.linear(h, w_hh)).chunk(4, dim=1)
+        for gx in gates_x.unbind(1):  # not gates_x[:, t]: each select's backward is a zero tensor of all steps
+            i, f, g, o = (gx + F.linear(h, w_hh)).chunk(4, dim=1)
             c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
             h = torch.sigmoid(o) * torch.tanh(c)
             hs.append(h)
