@@ -1,7 +1,8 @@
 """Rerouted double backward (``landscape.objective.double_backward``). Convolutions of data: the products equal
 the dense float64 Hessian, Gauss-Newton and Fisher on conv nets of every convolution option, and the unused
 input gradient is really skipped. Weight normalization: products equal finite differences of the gradient
-(PyTorch's own double backward of ``torch._weight_norm`` does not)."""
+(PyTorch's own double backward of ``torch._weight_norm`` does not). ``nn.LSTM``: the unrolled LSTM equals
+PyTorch's, and its products equal finite differences in both modes."""
 from __future__ import annotations
 
 import pytest

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import sys
 import time
 import warnings
 from collections import Counter
@@ -43,8 +44,8 @@ from torch.utils._pytree import tree_flatten
 from landscape.curvature.operators import CurvatureOperator
 from landscape.distributed import all_reduce_sum, free_memory, rank, world_size
 from landscape.objective import pointwise, products
-from landscape.objective.double_backward import reroutes
 from landscape.objective.batches import group_rows, num_rows, row_dims, take_rows
+from landscape.objective.double_backward import reroutes
 from landscape.objective.loss import Loss, LossError, LossValue, TaskLoss, as_loss, check_value
 from landscape.objective.parameters import ParamSpec, eval_mode, select_parameters
 from landscape.objective.sources import DataError, StreamSource, TensorSource, is_in_memory, subset_indices
@@ -778,10 +779,10 @@ class Objective:
 
 def _is_compiled(model: nn.Module) -> bool:
     """Whether ``model`` is a ``torch.compile`` wrapper, whose compiled graphs have no double backward; its
-    original module (same parameters) is used instead."""
-    from torch._dynamo.eval_frame import OptimizedModule
-
-    return isinstance(model, OptimizedModule)
+    original module (same parameters) is used instead. (No wrapper exists unless dynamo was imported, whose
+    import takes about a second.)"""
+    dynamo = sys.modules.get("torch._dynamo.eval_frame")
+    return dynamo is not None and isinstance(model, dynamo.OptimizedModule)
 
 
 def _free_memory(device: torch.device) -> int:

@@ -14,7 +14,6 @@ the graph that a Hessian-, Gauss-Newton- or Fisher-vector product differentiates
   float64 against finite differences of the gradient), and it has no forward-mode rule. Here it is the
   composite ``v * (g / norm_except_dim(v, 2, dim))``, the same function, which autograd differentiates
   exactly in both modes.
-
 * **LSTMs** (``"lstm"``: ``torch.nn.LSTM`` on dense input). PyTorch runs them through oneDNN on CPU
   (``mkldnn_rnn_layer``: no forward-mode rule, and its double backward took 1.3-1.45x the time of plain ops
   on a 2-layer LSTM language model, measured) and cuDNN on GPU (no double backward at all). Here they are
