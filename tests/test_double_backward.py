@@ -1,8 +1,8 @@
 """Rerouted double backward (``landscape.objective.double_backward``). Convolutions of data: the products equal
 the dense float64 Hessian, Gauss-Newton and Fisher on conv nets of every convolution option, and the unused
 input gradient is really skipped. Weight normalization: products equal finite differences of the gradient
-(PyTorch's own double backward of ``torch._weight_norm`` does not). ``nn.LSTM``: the unrolled LSTM equals
-PyTorch's, and its products equal finite differences in both modes."""
+(PyTorch's own double backward of ``torch._weight_norm`` does not). Recurrent layers: the unrolled ones equal
+PyTorch's, and products equal finite differences in both modes."""
 from __future__ import annotations
 
 import pytest
@@ -13,7 +13,7 @@ from torch.nn.utils.parametrizations import weight_norm
 from landscape.objective import Objective
 from landscape.objective import double_backward
 from landscape.objective.double_backward import _DataConv, rerouted, reroutes
-from landscape.objective.double_backward import _lstm as unrolled
+from landscape.objective.double_backward import _unrolled as unrolled
 from tests.curvature_helpers import dense_hessian, full_loss
 
 CASES = {  # name: (first layer, input shape)
@@ -200,53 +200,61 @@ def test_wav2vec2_products_exact():
     assert float((obj.hvp(v) - fd).abs().max() / fd.abs().max()) < 1e-8
 
 
-LSTMS = [dict(), dict(num_layers=2, batch_first=True), dict(bidirectional=True), dict(bias=False),
-         dict(num_layers=2, bidirectional=True, proj_size=2, batch_first=True)]
+RECURRENT = [(nn.LSTM, dict()), (nn.LSTM, dict(num_layers=2, batch_first=True)), (nn.LSTM, dict(bidirectional=True)),
+             (nn.LSTM, dict(bias=False)),
+             (nn.LSTM, dict(num_layers=2, bidirectional=True, proj_size=2, batch_first=True)),
+             (nn.GRU, dict(num_layers=2, bidirectional=True)), (nn.GRU, dict(bias=False, batch_first=True)),
+             (nn.RNN, dict(num_layers=2, bidirectional=True)), (nn.RNN, dict(nonlinearity="relu", batch_first=True))]
 
 
-@pytest.mark.parametrize("kw", LSTMS, ids=lambda kw: "-".join(f"{k}={v}" for k, v in kw.items()) or "plain")
-def test_lstm_unrolled_equals_pytorch(kw, monkeypatch):
-    """The unrolled LSTM gives ``nn.LSTM``'s output and final states, from zero and from given states."""
+def _name(a: object) -> str:
+    return a.__name__ if isinstance(a, type) else "-".join(f"{k}={v}" for k, v in a.items())
+
+
+@pytest.mark.parametrize("cell, kw", RECURRENT, ids=_name)
+def test_unrolled_equals_pytorch(cell, kw, monkeypatch):
+    """The unrolled layer gives ``nn.LSTM``'s / ``GRU``'s / ``RNN``'s output and final states, from zero and
+    from given states."""
     calls = []
-    monkeypatch.setattr(double_backward, "_lstm", lambda *a: calls.append(1) or unrolled(*a))
+    monkeypatch.setattr(double_backward, "_unrolled", lambda *a: calls.append(1) or unrolled(*a))
     torch.manual_seed(0)
-    lstm = nn.LSTM(3, 4, **kw).double().eval()
+    layer = cell(3, 4, **kw).double().eval()
     x = torch.randn(2, 5, 3, dtype=torch.float64) if kw.get("batch_first") else torch.randn(5, 2, 3,
                                                                                            dtype=torch.float64)
-    dirs, layers = 1 + kw.get("bidirectional", False), kw.get("num_layers", 1)
-    h0 = torch.randn(dirs * layers, 2, kw.get("proj_size", 0) or 4, dtype=torch.float64)
-    c0 = torch.randn(dirs * layers, 2, 4, dtype=torch.float64)
-    for hx in (None, (h0, c0)):
-        want = lstm(x, hx)
-        with torch.enable_grad(), rerouted({"lstm"}):
-            got = lstm(x, hx)
-        assert len(calls) == (1 if hx is None else 2)
-        torch.testing.assert_close(got[0], want[0], rtol=1e-12, atol=1e-12)
-        torch.testing.assert_close(got[1], want[1], rtol=1e-12, atol=1e-12)
+    states = (1 + kw.get("bidirectional", False)) * kw.get("num_layers", 1)
+    h0 = torch.randn(states, 2, kw.get("proj_size", 0) or 4, dtype=torch.float64)
+    hx = (h0, torch.randn(states, 2, 4, dtype=torch.float64)) if cell is nn.LSTM else h0
+    for given in (None, hx):
+        want = layer(x, given)
+        with torch.enable_grad(), rerouted({"recurrent"}):
+            got = layer(x, given)
+        assert len(calls) == (1 if given is None else 2)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
 class _Tagger(nn.Module):
-    """Embedding -> 2-layer bidirectional ``nn.LSTM`` -> per-token classes (third-party style)."""
+    """Embedding -> 2-layer bidirectional recurrent layer -> per-token classes (third-party style)."""
 
-    def __init__(self) -> None:
+    def __init__(self, cell: type) -> None:
         super().__init__()
         self.embed = nn.Embedding(11, 4)
-        self.lstm = nn.LSTM(4, 3, num_layers=2, bidirectional=True, batch_first=True)
+        self.rnn = cell(4, 3, num_layers=2, bidirectional=True, batch_first=True)
         self.head = nn.Linear(6, 5)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.head(self.lstm(self.embed(tokens))[0])
+        return self.head(self.rnn(self.embed(tokens))[0])
 
 
+@pytest.mark.parametrize("cell", [nn.LSTM, nn.GRU, nn.RNN], ids=lambda c: c.__name__)
 @pytest.mark.parametrize("mode", ["auto", "forward"])
-def test_lstm_products_equal_finite_differences(mode):
-    """``nn.LSTM`` models in both product modes (PyTorch's CPU LSTM has no forward-mode rule in float32):
+def test_recurrent_products_equal_finite_differences(cell, mode):
+    """Recurrent models in both product modes (PyTorch's CPU LSTM has no forward-mode rule in float32):
     float64 products against central differences of the gradient; float32 products agree with float64."""
     torch.manual_seed(0)
-    model = _Tagger()
+    model = _Tagger(cell)
     x, y = torch.randint(0, 11, (8, 6)), torch.randint(0, 5, (8, 6))
     obj32 = Objective(model, x, y, task="language_model", batch_size=3, hvp_mode=mode)
-    assert obj32._reroutes == {"lstm"}
+    assert obj32._reroutes == {"recurrent"}
     obj = Objective(model, x, y, task="language_model", batch_size=3, hvp_mode=mode, dtype=torch.float64)
     v = torch.randn(obj.num_params, dtype=torch.float64)
     eps = 1e-6

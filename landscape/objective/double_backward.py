@@ -14,13 +14,14 @@ the graph that a Hessian-, Gauss-Newton- or Fisher-vector product differentiates
   float64 against finite differences of the gradient), and it has no forward-mode rule. Here it is the
   composite ``v * (g / norm_except_dim(v, 2, dim))``, the same function, which autograd differentiates
   exactly in both modes.
-* **LSTMs** (``"lstm"``: ``torch.nn.LSTM`` on dense input). PyTorch runs them through oneDNN on CPU
-  (``mkldnn_rnn_layer``: no forward-mode rule, and its double backward took 1.3-1.45x the time of plain ops
-  on a 2-layer LSTM language model, measured) and cuDNN on GPU (no double backward at all). Here they are
-  unrolled over time with plain ops (:func:`_lstm`): the same function, every product mode on every device.
-  Packed sequences, and inter-layer dropout in training mode, run as is.
+* **Recurrent layers** (``"recurrent"``: ``torch.nn.LSTM``, ``GRU``, ``RNN`` on dense input). PyTorch runs
+  an LSTM through oneDNN on CPU (``mkldnn_rnn_layer``: no forward-mode rule, and its double backward took
+  1.3-1.45x the time of plain ops on a 2-layer LSTM language model, measured), and every one of them through
+  cuDNN on GPU (no double backward at all). Here they are unrolled over time with plain ops
+  (:func:`_unrolled`): the same function, every product mode on every device. Packed sequences, and
+  inter-layer dropout in training mode, run as is.
 
-Everything else runs as is; products change only by rounding (convolutions, LSTMs) or become exact (weight
+Everything else runs as is; products change only by rounding (convolutions, recurrent layers) or become exact (weight
 norm).
 """
 from __future__ import annotations
@@ -35,7 +36,9 @@ import torch.nn.functional as F
 from torch.nn.utils import parametrize
 from torch.overrides import TorchFunctionMode
 
-REROUTES = ("convolutions", "weight_norm", "lstm")
+REROUTES = ("convolutions", "weight_norm", "recurrent")
+_RECURRENT = {torch._VF.lstm: "lstm", torch._VF.gru: "gru", torch._VF.rnn_tanh: "rnn_tanh",
+              torch._VF.rnn_relu: "rnn_relu"}
 _CONVS = {F.conv1d: 1, F.conv2d: 2, F.conv3d: 3}
 _FORWARD = {d: f for f, d in _CONVS.items()}
 _ARGS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
@@ -113,9 +116,10 @@ class _Rerouted(TorchFunctionMode):
         kwargs = kwargs or {}
         if func is torch._weight_norm and "weight_norm" in self.which:
             return _weight_norm(*args, **kwargs)
-        if (func is torch._VF.lstm and "lstm" in self.which and len(args) == 9 and not kwargs
-                and isinstance(args[1], (tuple, list)) and not (args[6] and args[5] > 0)):  # dense, no dropout
-            return _lstm(*args)
+        kind = _RECURRENT.get(func)
+        if (kind is not None and "recurrent" in self.which and len(args) == 9 and not kwargs
+                and isinstance(args[2], list) and not (args[6] and args[5] > 0)):  # dense input, no dropout
+            return _unrolled(kind, *args)
         d = _CONVS.get(func)
         if d is not None and "convolutions" in self.which and torch.is_grad_enabled():
             out = _data_conv(d, args, kwargs)
@@ -124,17 +128,34 @@ class _Rerouted(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def _lstm(x: torch.Tensor, hx: tuple[torch.Tensor, torch.Tensor], params: list[torch.Tensor], has_biases: bool,
-          num_layers: int, dropout: float, train: bool, bidirectional: bool, batch_first: bool
-          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``torch._VF.lstm`` (dense input, no dropout) unrolled over time:
-    ``i, f, g, o = chunks of W_ih x_t + b_ih + W_hh h + b_hh``, ``c = s(f) c + s(i) tanh(g)``,
-    ``h = s(o) tanh(c)`` (then ``W_hr h`` with a projection), per layer and direction. The input projection of
-    all steps is one ``linear`` split by ``unbind`` (whose backward is one ``stack``, not a zero tensor per step).
-    """
+def _step(kind: str, gx: torch.Tensor, h: torch.Tensor, c: torch.Tensor | None, w_hh: torch.Tensor,
+          b_hh: torch.Tensor | None, w_hr: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One time step of PyTorch's cells from the input part ``gx = W_ih x_t + b_ih`` (gate order as PyTorch's):
+    LSTM ``i, f, g, o``: ``c' = s(f) c + s(i) tanh(g)``, ``h' = s(o) tanh(c')`` (then ``W_hr h'``); GRU
+    ``r, z, n``: ``n = tanh(x_n + r (W_hn h + b_hn))``, ``h' = (1 - z) n + z h``; RNN ``h' = tanh|relu(gx + W_hh h
+    + b_hh)``."""
+    gh = F.linear(h, w_hh, b_hh)
+    if kind == "lstm":
+        i, f, g, o = (gx + gh).chunk(4, 1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        return (h if w_hr is None else F.linear(h, w_hr)), c
+    if kind == "gru":
+        x_r, x_z, x_n = gx.chunk(3, 1)
+        h_r, h_z, h_n = gh.chunk(3, 1)
+        r, z = torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z)
+        return (1 - z) * torch.tanh(x_n + r * h_n) + z * h, None
+    return (torch.tanh(gx + gh) if kind == "rnn_tanh" else torch.relu(gx + gh)), None
+
+
+def _unrolled(kind: str, x: torch.Tensor, hx: Any, params: list[torch.Tensor], has_biases: bool,
+              num_layers: int, dropout: float, train: bool, bidirectional: bool, batch_first: bool) -> tuple:
+    """``torch._VF.<kind>`` (dense input, no dropout) unrolled over time with :func:`_step`, per layer and
+    direction; returns ``(output, h_n)``, and ``c_n`` for an LSTM. The input projection of all steps is one
+    ``linear`` split by ``unbind`` (whose backward is one ``stack``, not a zero tensor per step)."""
     dirs = 2 if bidirectional else 1
-    per = len(params) // (num_layers * dirs)  # w_ih, w_hh[, b_ih, b_hh][, w_hr]
-    h0, c0 = hx
+    per = len(params) // (num_layers * dirs)  # w_ih, w_hh[, b_ih, b_hh][, w_hr (LSTM projection)]
+    h0, c0 = hx if kind == "lstm" else (hx, None)
     out = x.transpose(0, 1) if batch_first else x  # (T, N, features)
     h_n, c_n = [], []
     for layer in range(num_layers):
@@ -143,22 +164,19 @@ def _lstm(x: torch.Tensor, hx: tuple[torch.Tensor, torch.Tensor], params: list[t
             k = layer * dirs + d
             p = params[k * per:(k + 1) * per]
             b_ih, b_hh = (p[2], p[3]) if has_biases else (None, None)
-            w_hr = p[-1] if per in (3, 5) else None
+            w_hr = p[-1] if kind == "lstm" and per in (3, 5) else None
             steps = F.linear(out, p[0], b_ih).unbind(0)
-            h, c = h0[k], c0[k]
+            h, c = h0[k], None if c0 is None else c0[k]
             hs: list[torch.Tensor] = [h] * len(steps)
             for t in (range(len(steps)) if d == 0 else reversed(range(len(steps)))):
-                i, f, g, o = (steps[t] + F.linear(h, p[1], b_hh)).chunk(4, 1)
-                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-                h = torch.sigmoid(o) * torch.tanh(c)
-                if w_hr is not None:
-                    h = F.linear(h, w_hr)
+                h, c = _step(kind, steps[t], h, c, p[1], b_hh, w_hr)
                 hs[t] = h
             outs.append(torch.stack(hs))
             h_n.append(h)
             c_n.append(c)
         out = torch.cat(outs, -1) if dirs == 2 else outs[0]
-    return (out.transpose(0, 1) if batch_first else out), torch.stack(h_n), torch.stack(c_n)
+    out = out.transpose(0, 1) if batch_first else out
+    return (out, torch.stack(h_n), torch.stack(c_n)) if kind == "lstm" else (out, torch.stack(h_n))
 
 
 def _weight_norm(v: torch.Tensor, g: torch.Tensor, dim: int = 0) -> torch.Tensor:
@@ -168,15 +186,16 @@ def _weight_norm(v: torch.Tensor, g: torch.Tensor, dim: int = 0) -> torch.Tensor
 
 def reroutes(model: nn.Module) -> frozenset[str]:
     """What ``model`` needs rerouted: ``"convolutions"`` if it holds a ``torch.nn`` convolution, ``"weight_norm"``
-    if a module is weight-normalized (parametrization or the older hook), ``"lstm"`` if it holds an
-    ``nn.LSTM``. Empty for the rest, which then pay nothing for the per-call dispatch of :func:`rerouted`."""
+    if a module is weight-normalized (parametrization or the older hook), ``"recurrent"`` if it holds an
+    ``nn.LSTM``, ``nn.GRU`` or ``nn.RNN``. Empty for the rest, which then pay nothing for the per-call dispatch
+    of :func:`rerouted`."""
     found = set()
     hook = getattr(sys.modules.get("torch.nn.utils.weight_norm"), "WeightNorm", ())
     for m in model.modules():
         if isinstance(m, nn.modules.conv._ConvNd):
             found.add("convolutions")
-        if isinstance(m, nn.LSTM):
-            found.add("lstm")
+        if isinstance(m, (nn.LSTM, nn.GRU, nn.RNN)):
+            found.add("recurrent")
         if parametrize.is_parametrized(m) and any(
                 isinstance(p, torch.nn.utils.parametrizations._WeightNorm)
                 for plist in m.parametrizations.values() for p in plist):
