@@ -6,12 +6,14 @@ SGD, ASAM, SAM and finite-difference GNR: SAM and GNR must announce float32), co
 every optimizer (``torch.cuda.set_sync_debug_mode``, against tests/test_host_syncs.py's table), runs
 ``landscape analyze`` on the checkpoint, draws a small 2-D surface and, on every visible GPU under ``torchrun``
 (NCCL), trains SAM in bf16 and GSAM (its passes skip DDP: the BatchNorm statistics are broadcast after each step)
-and repeats analysis and surface; also a regression MLP (train, analyze, plot2d); prints a pass/fail table.
+and repeats analysis and surface; also a regression MLP (train, analyze, plot2d) and the Hessian-vector products
+of LSTM, GRU and RNN taggers on the device (cuDNN has no double backward for them); prints a pass/fail table.
 Without a CUDA GPU it says so and exits 0.
 
     python benchmarks/gpu_check.py [--workdir DIR] [--epochs 2]
     python benchmarks/gpu_check.py --device cpu   # a dry run of the same commands on the CPU (tiny sizes)
     python benchmarks/gpu_check.py --syncs        # the host-sync count alone (run by the check itself)
+    python benchmarks/gpu_check.py --recurrent    # LSTM/GRU/RNN products on the device against float64 (likewise)
 """
 from __future__ import annotations
 
@@ -82,12 +84,53 @@ def count_syncs(device: str) -> int:
     return int(bad > 0)
 
 
+def recurrent_products(device: str) -> int:
+    """Hessian-vector products of ``nn.LSTM``/``GRU``/``RNN`` taggers on ``device`` (cuDNN's recurrent layers
+    have no double backward: the objective unrolls them) against the float64 product on the CPU, in both
+    product modes; 0 if every relative error is below 1e-3."""
+    import torch
+    import torch.nn as nn
+
+    from landscape.objective import Objective
+
+    class Tagger(nn.Module):
+        def __init__(self, cell: type) -> None:
+            super().__init__()
+            self.embed, self.head = nn.Embedding(50, 16), nn.Linear(32, 50)
+            self.rnn = cell(16, 16, num_layers=2, bidirectional=True, batch_first=True)
+
+        def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+            return self.head(self.rnn(self.embed(tokens))[0])
+
+    failed = 0
+    for cell in (nn.LSTM, nn.GRU, nn.RNN):
+        torch.manual_seed(0)
+        model = Tagger(cell)
+        x, y = torch.randint(0, 50, (64, 12)), torch.randint(0, 50, (64, 12))
+        ref = Objective(model, x, y, task="language_model", batch_size=32, dtype=torch.float64)
+        v = torch.randn(ref.num_params, dtype=torch.float64)
+        want = ref.hvp(v)
+        for mode in ("auto", "forward"):
+            try:
+                obj = Objective(model, x, y, task="language_model", batch_size=32, device=device, hvp_mode=mode)
+                got = obj.hvp(v.float().to(device)).double().cpu()
+                err = float((got - want).norm() / want.norm())
+            except Exception as e:  # noqa: BLE001 - reported, not raised
+                err, msg = float("inf"), f"{type(e).__name__}: {e}"
+            else:
+                msg = ""
+            failed += not err < 1e-3
+            print(f"{cell.__name__} {mode}: relative error {err:.1e} {msg}")
+    return int(failed > 0)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--workdir", type=Path, default=None, help="where data and checkpoints go [default: a temp dir]")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--device", default="cuda", help="cuda (the check) or cpu (a dry run of the commands)")
     ap.add_argument("--syncs", action="store_true", help="only count the host syncs per step of every optimizer")
+    ap.add_argument("--recurrent", action="store_true", help="only compare recurrent layers' products on the device")
     args = ap.parse_args()
     import torch
 
@@ -96,6 +139,8 @@ def main() -> int:
         return 0
     if args.syncs:
         return count_syncs(args.device)
+    if args.recurrent:
+        return recurrent_products(args.device)
     gpus = torch.cuda.device_count() if args.device == "cuda" else 0
     small = args.device == "cpu"
     work = args.workdir or Path(tempfile.mkdtemp(prefix="gpu_check_"))
@@ -123,6 +168,8 @@ def main() -> int:
         expect["train sam amp=auto"] = "sam trains in float32"
     checks.append(("host syncs per step", [sys.executable, str(Path(__file__).resolve()), "--syncs", "--device",
                                            args.device]))
+    checks.append(("recurrent layers' products", [sys.executable, str(Path(__file__).resolve()), "--recurrent",
+                                                  "--device", args.device]))
     ckpt = str(work / "sam_bf16.pt")
     view = ["--device", args.device, "--subset", "32" if small else "1000", "--quiet", "--restart"]
     light = ["--max-iter", "10"] if small else []
