@@ -248,23 +248,41 @@ def test_cached_block_products_batched_or_looped_agree(data):
         assert obj._mode_chosen["cached"] in ((mode,) if mode else ("loop", "batched"))
 
 
-def test_cached_block_products_are_chosen_by_the_model_not_a_timing(monkeypatch):
-    """The kept graph's block products: vmap-ed for an MLP and for a small convolutional net, looped for a
-    convolutional net above ``BATCHED_MAX_PARAMS``, whatever a timing would say; exact either way."""
+def test_cached_block_products_are_chosen_by_the_graph_not_a_timing(monkeypatch):
+    """The kept graph's block products: vmap-ed where the graph's nodes save few elements on average (many small
+    operations, as a recurrent net's steps), looped where they save many (wide layers, large batches), whatever
+    a timing would say; exact either way."""
     import landscape.objective.core as core
 
+    torch.manual_seed(0)
     nets = {"conv": nn.Sequential(nn.Conv1d(1, 2, 3), nn.Flatten(), nn.Linear(6, 3)).double(),
             "mlp": nn.Sequential(nn.Flatten(), nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3)).double()}
     x, y = torch.randn(10, 1, 5, dtype=torch.float64), torch.randint(0, 3, (10,))
-    for limit, expected in ((10_000, {"conv": "batched", "mlp": "batched"}), (10, {"conv": "loop", "mlp": "batched"})):
-        monkeypatch.setattr(core, "BATCHED_MAX_PARAMS", limit)
-        for name, net in nets.items():
+    for limit, mode in ((10_000, "batched"), (1, "loop")):
+        monkeypatch.setattr(core, "BATCHED_MAX_ELEMENTS_PER_NODE", limit)
+        for net in nets.values():
             obj = Objective(net, x, y, batch_size=4)
             H = dense_hessian(net, x, y)
             V = torch.randn(3, obj.num_params, dtype=torch.float64)
             torch.testing.assert_close(obj.hvp(V), V @ H, rtol=1e-12, atol=1e-13)
-            assert obj._mode_chosen["cached"] == expected[name]
+            assert obj._mode_chosen["cached"] == mode
             torch.testing.assert_close(obj.hvp(V), V @ H, rtol=1e-12, atol=1e-13)
+    monkeypatch.undo()
+    lstm = nn.LSTM(3, 4, batch_first=True)
+    steps = Objective(nn.Sequential(lstm, _First(), nn.Flatten(), nn.Linear(40, 2)), torch.randn(8, 10, 3),
+                      torch.randint(0, 2, (8,)))
+    wide = Objective(nn.Sequential(nn.Linear(64, 256), nn.Tanh(), nn.Linear(256, 2)), torch.randn(512, 64),
+                     torch.randint(0, 2, (512,)))
+    for obj, mode in ((steps, "batched"), (wide, "loop")):
+        obj.hvp(torch.randn(2, obj.num_params))
+        assert obj._mode_chosen["cached"] == mode
+
+
+class _First(nn.Module):
+    """The output of a recurrent layer's ``(output, state)``."""
+
+    def forward(self, out: tuple) -> torch.Tensor:
+        return out[0]
 
 
 def test_out_of_memory_halves_the_chunk(data, monkeypatch):

@@ -51,9 +51,9 @@ from landscape.objective.parameters import ParamSpec, eval_mode, select_paramete
 from landscape.objective.sources import DataError, StreamSource, TensorSource, is_in_memory, subset_indices
 
 KINDS = ("hessian", "ggn", "fisher")
-BATCHED_MAX_PARAMS = 8192
-"""Models with convolutions or recurrent layers get vmap-ed block products on kept graphs up to this many
-parameters (see ``Objective._second_backward``)."""
+BATCHED_MAX_ELEMENTS_PER_NODE = 3072
+"""Kept graphs whose nodes save at most this many elements each, on average, get vmap-ed block products (see
+``Objective._second_backward``)."""
 
 
 class _Bound(nn.Module):
@@ -697,19 +697,21 @@ class Objective:
 
     def _second_backward(self, g: torch.Tensor, leaf: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
         """``H V`` from a kept gradient graph: one backward per vector, or one ``vmap``-ed backward for the
-        whole block (``is_grads_batched``); both give ``H V`` to rounding. The choice depends on the model
-        only, never on a timing, so the numbers are reproducible (a timed choice made a resumed study differ
-        from an uninterrupted one in the last bits). Batched for models without convolutions or recurrent
-        layers, and for those with at most ``BATCHED_MAX_PARAMS`` parameters; looped otherwise, and wherever
-        ``vmap`` cannot batch the backward. Measured (one thread, CPU seconds for 16 products, the workloads of
-        ``benchmarks/workloads.py``): small LSTM (3.2k parameters) 0.045 batched vs 0.138 looped, small CNN (1k)
-        0.068 vs 0.093; large LSTM (44k) 2.4 vs 1.6, large CNN (14k) 0.35 vs 0.25; an MLP's 0.05 vs 0.39."""
+        whole block (``is_grads_batched``); both give ``H V`` to rounding. Batched where the graph is made of
+        small operations, whose per-call overhead a ``vmap`` shares: at most ``BATCHED_MAX_ELEMENTS_PER_NODE``
+        saved elements per node on average (the first micro-batch's graph); looped otherwise, and wherever
+        ``vmap`` cannot batch the backward. The rule reads the graph, never a timing, so the numbers are
+        reproducible (a timed choice made a resumed study differ from an uninterrupted one in the last bits).
+        Measured (one thread, CPU time of an 8-vector block, loop / batched, the workloads of
+        ``benchmarks/workloads.py``; saved elements per node): small LSTM 1.69 (0.8k), large LSTM 1.23 (2.3k),
+        small MLP 1.28 (3.0k); small CNN 0.97 (3.7k), small ResNet-BN 1.00 (5.2k), small GPT-2 0.80 (4.5k), small
+        ViT 0.81 (6.3k), large MLP 0.74 (7.9k), large CNN 0.75 (14k), large ResNet-BN 1.05 (10k), large ViT 0.69
+        (26k), large GPT-2 0.61 (36k); the demo's MLP 0.62."""
         if len(V) > 1 and self._mode_chosen.get("cached") != "loop":
             if "cached" not in self._mode_chosen:
-                slow = (nn.modules.conv._ConvNd, nn.RNNBase)
-                layered = any(isinstance(m, slow) for m in self.model.modules())
-                self._mode_chosen["cached"] = "loop" if layered and self.num_params > BATCHED_MAX_PARAMS \
-                    else "batched"
+                nbytes, nodes = products.graph_stats(g)
+                per_node = nbytes / max(1, nodes) / torch.finfo(self.dtype).bits * 8
+                self._mode_chosen["cached"] = "batched" if per_node <= BATCHED_MAX_ELEMENTS_PER_NODE else "loop"
             if self._mode_chosen["cached"] == "batched":
                 try:
                     return products.batched_grad(g, leaf, V)

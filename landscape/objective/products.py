@@ -63,12 +63,12 @@ def gradient_graph(obj: Any, batch: Any, index: int = 0, w: torch.Tensor | None 
     return leaf, g, v.count
 
 
-def graph_bytes(out: torch.Tensor) -> int:
-    """Bytes of the tensors saved in the autograd graph behind ``out`` (each storage once): what keeping the
-    graph costs. Read from the nodes' ``_saved_*`` attributes (saved-tensor hooks would make every saved
-    output a reference cycle that is never freed)."""
+def graph_stats(out: torch.Tensor) -> tuple[int, int]:
+    """``(bytes, nodes)`` of the autograd graph behind ``out``: the bytes of the tensors its nodes saved (each
+    storage once; what keeping the graph costs) and the number of nodes. Read from the nodes' ``_saved_*``
+    attributes (saved-tensor hooks would make every saved output a reference cycle that is never freed)."""
     if out.grad_fn is None:
-        return 0
+        return 0, 0
     seen_nodes, storages, total = set(), set(), 0
     stack = [out.grad_fn]
     while stack:
@@ -88,7 +88,12 @@ def graph_bytes(out: torch.Tensor) -> int:
                     storages.add(t.untyped_storage().data_ptr())
                     total += t.untyped_storage().nbytes()
         stack.extend(fn for fn, _ in node.next_functions)
-    return total
+    return total, len(seen_nodes)
+
+
+def graph_bytes(out: torch.Tensor) -> int:
+    """Bytes of the tensors saved in the autograd graph behind ``out`` (:func:`graph_stats`)."""
+    return graph_stats(out)[0]
 
 
 def hvp_reverse(obj: Any, w: torch.Tensor, batch: Any, V: torch.Tensor, index: int = 0) -> tuple[torch.Tensor, Any]:
@@ -143,5 +148,5 @@ def fisher(obj: Any, w: torch.Tensor, batch: Any, V: torch.Tensor) -> tuple[torc
             len(losses)
 
 
-__all__ = ["batched_grad", "fisher", "ggn", "grad_of", "grad_of_rows", "gradient_graph", "graph_bytes", "hvp_forward",
-           "hvp_reverse", "second_order"]
+__all__ = ["batched_grad", "fisher", "ggn", "grad_of", "grad_of_rows", "gradient_graph", "graph_bytes", "graph_stats",
+           "hvp_forward", "hvp_reverse", "second_order"]
