@@ -5,9 +5,9 @@ the graph that a Hessian-, Gauss-Newton- or Fisher-vector product differentiates
   no gradient (the data, as in a network's first layer) has the weight gradient ``g_W = conv_wgrad(x, g_y)``,
   linear in ``g_y``, so a product needs only its vector-Jacobian product ``d<g_W, V_W>/d g_y = conv(x, V_W)``.
   PyTorch's double backward of a convolution also computes ``conv_transpose(g_y, V_W)``, the gradient of the
-  input, whether or not anything needs it: for a small CNN's first layer 40% of a product's time (measured,
-  one thread, ``benchmarks/workloads.py``). Such convolutions run as :class:`_DataConv`, whose backward is
-  differentiable without it.
+  input, whether or not anything needs it (for a small CNN's first layer the profiler put that at 40% of a
+  product's time; skipping it made the product 20% faster, one thread, ``benchmarks/workloads.py``). Such
+  convolutions run as :class:`_DataConv`, whose backward is differentiable without it.
 * **Weight normalization** (``"weight_norm"``: ``torch.nn.utils.parametrizations.weight_norm`` and the older
   hook). ``torch._weight_norm(v, g, dim)``'s double backward is wrong in PyTorch 2.13 for ``dim`` 0 and 1 (the
   Hessian of a loss through it comes out asymmetric, off by up to 60% of its largest entry, measured in
