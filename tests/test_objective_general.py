@@ -276,6 +276,11 @@ def test_cached_block_products_are_chosen_by_the_graph_not_a_timing(monkeypatch)
     for obj, mode in ((steps, "batched"), (wide, "loop")):
         obj.hvp(torch.randn(2, obj.num_params))
         assert obj._mode_chosen["cached"] == mode
+    tight = Objective(steps.model, torch.randn(8, 10, 3), torch.randint(0, 2, (8,)), graph_memory=10 ** 9)
+    tight.hvp(torch.randn(1, tight.num_params))  # keeps the graph (it fits 1 GB)
+    tight.graph_memory = graph_bytes(tight._graphs[0][1]) * tight.max_block - 1
+    tight.hvp(torch.randn(2, tight.num_params))
+    assert tight._mode_chosen["cached"] == "loop"  # a block of every intermediate would not fit
 
 
 class _First(nn.Module):

@@ -699,9 +699,11 @@ class Objective:
         """``H V`` from a kept gradient graph: one backward per vector, or one ``vmap``-ed backward for the
         whole block (``is_grads_batched``); both give ``H V`` to rounding. Batched where the graph is made of
         small operations, whose per-call overhead a ``vmap`` shares: at most ``BATCHED_MAX_ELEMENTS_PER_NODE``
-        saved elements per node on average (the first micro-batch's graph); looped otherwise, and wherever
-        ``vmap`` cannot batch the backward. The rule reads the graph, never a timing, so the numbers are
-        reproducible (a timed choice made a resumed study differ from an uninterrupted one in the last bits).
+        saved elements per node on average (the first micro-batch's graph), and where ``max_block`` times that
+        graph fits the memory budget of kept graphs (``graph_memory``, default a quarter of the free memory);
+        looped otherwise, and wherever ``vmap`` cannot batch the backward. The rule reads the graph, never a
+        timing, so the numbers are reproducible where memory is not tight (a timed choice made a resumed study
+        differ from an uninterrupted one in the last bits).
         Measured (one thread, CPU time of an 8-vector block, loop / batched, the workloads of
         ``benchmarks/workloads.py``; saved elements per node): small LSTM 1.69 (0.8k), large LSTM 1.23 (2.3k),
         small MLP 1.28 (3.0k); small CNN 0.97 (3.7k), small ResNet-BN 1.00 (5.2k), small GPT-2 0.80 (4.5k), small
@@ -711,7 +713,10 @@ class Objective:
             if "cached" not in self._mode_chosen:
                 nbytes, nodes = products.graph_stats(g)
                 per_node = nbytes / max(1, nodes) / torch.finfo(self.dtype).bits * 8
-                self._mode_chosen["cached"] = "batched" if per_node <= BATCHED_MAX_ELEMENTS_PER_NODE else "loop"
+                budget = self.graph_memory if self.graph_memory is not None else _free_memory(self.device) // 4
+                fits = nbytes * self.max_block <= budget  # a vmap-ed backward holds a block of every intermediate
+                self._mode_chosen["cached"] = "batched" if per_node <= BATCHED_MAX_ELEMENTS_PER_NODE and fits \
+                    else "loop"
             if self._mode_chosen["cached"] == "batched":
                 try:
                     return products.batched_grad(g, leaf, V)
