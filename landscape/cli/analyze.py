@@ -104,9 +104,9 @@ def report_html(args: argparse.Namespace, ckpt: Any, model: Any, data: Any, repo
     from landscape.cli import landscape_args as A
     from landscape.report import html_report
 
-    splits = [s for s in ("train", "test") if s in getattr(data, "splits", ("train", "test"))]
     largs = argparse.Namespace(subset=args.landscape_subset or None, seed=args.seed, params=args.params,
-                               batch_size=args.batch_size, dtype=args.dtype, split=splits, loss=args.loss)
+                               batch_size=args.batch_size, dtype=args.dtype, split=A.data_splits(data),
+                               loss=args.loss)
     device = A.setup_device(args)
     objs = A.objectives(model, data, largs, device)
     head = A.header(ckpt, largs)

@@ -107,12 +107,17 @@ def setup_device(args: argparse.Namespace) -> torch.device:
     return D.setup_device(args.device)
 
 
+def data_splits(data: Any) -> list[str]:
+    """The default splits: train, and test where the data has it (a user's stream may have no test split)."""
+    return [s for s in ("train", "test") if s in getattr(data, "splits", ("train", "test"))]
+
+
 def objectives(model: Any, data: Any, args: argparse.Namespace, device: torch.device,
                splits: list[str] | None = None) -> dict[str, Any]:
     from landscape.landscapes.surface import make_objectives
 
-    if getattr(args, "split", None) is None:  # the default: train, and test where the data has it
-        args.split = [s for s in ("train", "test") if s in getattr(data, "splits", ("train", "test"))]
+    if getattr(args, "split", None) is None:
+        args.split = data_splits(data)
     return make_objectives(model, data, splits or args.split, subset=args.subset, seed=args.seed,
                            batch_size=args.batch_size, device=device, dtype=_DTYPES[args.dtype], params=args.params,
                            loss=loss_from_args(args))

@@ -149,7 +149,8 @@ class Objective:
             raise ValueError(f"memory must be 'auto' or 'low', got {memory!r}")
         if memory == "low":
             cache_graph, cache_memory = False, 0
-        model = getattr(model, "_orig_mod", model) if _is_compiled(model) else model  # compiled code: no 2nd order
+        if _is_compiled(model):  # compiled graphs have no double backward: the original module
+            model = model._orig_mod
         first = next(iter(model.parameters()), None)
         if first is None:
             raise ValueError("the model has no parameters")
@@ -712,7 +713,7 @@ class Objective:
         if len(V) > 1 and self._mode_chosen.get("cached") != "loop":
             if "cached" not in self._mode_chosen:
                 nbytes, nodes = products.graph_stats(g)
-                per_node = nbytes / max(1, nodes) / torch.finfo(self.dtype).bits * 8
+                per_node = nbytes / max(1, nodes) / self.dtype.itemsize  # saved elements per node
                 budget = self.graph_memory if self.graph_memory is not None else _free_memory(self.device) // 4
                 fits = nbytes * self.max_block <= budget  # a vmap-ed backward holds a block of every intermediate
                 self._mode_chosen["cached"] = "batched" if per_node <= BATCHED_MAX_ELEMENTS_PER_NODE and fits \
