@@ -13,7 +13,7 @@ from torch.nn.utils.parametrizations import weight_norm
 from landscape.objective import Objective
 from landscape.objective import double_backward
 from landscape.objective.double_backward import _DataConv, rerouted, reroutes
-from landscape.objective.double_backward import _unrolled as unrolled
+from landscape.objective.double_backward import unrolled_recurrent as unrolled
 from tests.curvature_helpers import dense_hessian, full_loss
 
 CASES = {  # name: (first layer, input shape)
@@ -216,7 +216,7 @@ def test_unrolled_equals_pytorch(cell, kw, monkeypatch):
     """The unrolled layer gives ``nn.LSTM``'s / ``GRU``'s / ``RNN``'s output and final states, from zero and
     from given states."""
     calls = []
-    monkeypatch.setattr(double_backward, "_unrolled", lambda *a: calls.append(1) or unrolled(*a))
+    monkeypatch.setattr(double_backward, "unrolled_recurrent", lambda *a: calls.append(1) or unrolled(*a))
     torch.manual_seed(0)
     layer = cell(3, 4, **kw).double().eval()
     x = torch.randn(2, 5, 3, dtype=torch.float64) if kw.get("batch_first") else torch.randn(5, 2, 3,

@@ -5,39 +5,23 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from landscape.models import register_model
+from landscape.objective.double_backward import unrolled_recurrent
 from landscape.models.common import as_shape, check_dropout, check_positive
 
 LSTM_IMPLS = ("unrolled", "fused")
 
 
 def unrolled_lstm(lstm: nn.LSTM, x: torch.Tensor) -> torch.Tensor:
-    """Run a unidirectional, batch-first ``nn.LSTM``'s parameters step by step with plain ops.
-
-    Same maths (and inter-layer dropout) as ``lstm(x)[0]`` from zero initial
-    state, but every op has double-backward and forward-mode AD formulas on
-    every device, unlike the fused oneDNN (CPU) and cuDNN (GPU) kernels.
-    """
-    n, steps, _ = x.shape
-    out = x
-    for layer in range(lstm.num_layers):
-        w_hh = getattr(lstm, f"weight_hh_l{layer}")
-        gates_x = F.linear(out, getattr(lstm, f"weight_ih_l{layer}"))
-        if lstm.bias:
-            gates_x = gates_x + getattr(lstm, f"bias_ih_l{layer}") + getattr(lstm, f"bias_hh_l{layer}")
-        h = c = x.new_zeros(n, lstm.hidden_size)
-        hs = []
-        for gx in gates_x.unbind(1):  # not gates_x[:, t]: each select's backward is a zero tensor of all steps
-            i, f, g, o = (gx + F.linear(h, w_hh)).chunk(4, dim=1)
-            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-            h = torch.sigmoid(o) * torch.tanh(c)
-            hs.append(h)
-        out = torch.stack(hs, dim=1)
-        if layer < lstm.num_layers - 1:
-            out = F.dropout(out, lstm.dropout, lstm.training)
-    return out
+    """``lstm(x)[0]`` of a unidirectional, batch-first ``nn.LSTM`` from zero initial state, stepped with plain
+    ops (:func:`~landscape.objective.double_backward.unrolled_recurrent`): the same maths and inter-layer
+    dropout, but every op has double-backward and forward-mode AD formulas on every device, unlike the fused
+    oneDNN (CPU) and cuDNN (GPU) kernels."""
+    zeros = x.new_zeros(lstm.num_layers, len(x), lstm.hidden_size)
+    params = [getattr(lstm, name) for name in lstm._flat_weights_names]
+    return unrolled_recurrent("lstm", x, (zeros, zeros), params, lstm.bias, lstm.num_layers, lstm.dropout,
+                              lstm.training, False, True)[0]
 
 
 @register_model("lstm_lm")

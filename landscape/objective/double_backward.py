@@ -18,8 +18,8 @@ the graph that a Hessian-, Gauss-Newton- or Fisher-vector product differentiates
   an LSTM through oneDNN on CPU (``mkldnn_rnn_layer``: no forward-mode rule, and its double backward took
   1.3-1.45x the time of plain ops on a 2-layer LSTM language model, measured), and every one of them through
   cuDNN on GPU (no double backward at all). Here they are unrolled over time with plain ops
-  (:func:`_unrolled`): the same function, every product mode on every device. Packed sequences, and
-  inter-layer dropout in training mode, run as is.
+  (:func:`unrolled_recurrent`): the same function, every product mode on every device. Packed sequences run
+  as is.
 
 Everything else runs as is; products change only by rounding (convolutions, recurrent layers) or become exact (weight
 norm).
@@ -117,9 +117,9 @@ class _Rerouted(TorchFunctionMode):
         if func is torch._weight_norm and "weight_norm" in self.which:
             return _weight_norm(*args, **kwargs)
         kind = _RECURRENT.get(func)
-        if (kind is not None and "recurrent" in self.which and len(args) == 9 and not kwargs
-                and isinstance(args[2], list) and not (args[6] and args[5] > 0)):  # dense input, no dropout
-            return _unrolled(kind, *args)
+        if kind is not None and "recurrent" in self.which and len(args) == 9 and not kwargs \
+                and isinstance(args[2], list):  # dense input
+            return unrolled_recurrent(kind, *args)
         d = _CONVS.get(func)
         if d is not None and "convolutions" in self.which and torch.is_grad_enabled():
             out = _data_conv(d, args, kwargs)
@@ -130,10 +130,10 @@ class _Rerouted(TorchFunctionMode):
 
 def _step(kind: str, gx: torch.Tensor, h: torch.Tensor, c: torch.Tensor | None, w_hh: torch.Tensor,
           b_hh: torch.Tensor | None, w_hr: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One time step of PyTorch's cells from the input part ``gx = W_ih x_t + b_ih`` (gate order as PyTorch's):
-    LSTM ``i, f, g, o``: ``c' = s(f) c + s(i) tanh(g)``, ``h' = s(o) tanh(c')`` (then ``W_hr h'``); GRU
-    ``r, z, n``: ``n = tanh(x_n + r (W_hn h + b_hn))``, ``h' = (1 - z) n + z h``; RNN ``h' = tanh|relu(gx + W_hh h
-    + b_hh)``."""
+    """One time step of PyTorch's cells from the input part ``gx`` (gate order as PyTorch's): LSTM ``i, f, g, o``
+    (``gx = W_ih x_t + b_ih + b_hh``): ``c' = s(f) c + s(i) tanh(g)``, ``h' = s(o) tanh(c')`` (then ``W_hr h'``);
+    GRU ``r, z, n`` (``gx = W_ih x_t + b_ih``): ``n = tanh(x_n + r (W_hn h + b_hn))``, ``h' = (1 - z) n + z h``;
+    RNN ``h' = tanh|relu(gx + W_hh h)`` (``gx = W_ih x_t + b_ih + b_hh``)."""
     gh = F.linear(h, w_hh, b_hh)
     if kind == "lstm":
         i, f, g, o = (gx + gh).chunk(4, 1)
@@ -148,11 +148,13 @@ def _step(kind: str, gx: torch.Tensor, h: torch.Tensor, c: torch.Tensor | None, 
     return (torch.tanh(gx + gh) if kind == "rnn_tanh" else torch.relu(gx + gh)), None
 
 
-def _unrolled(kind: str, x: torch.Tensor, hx: Any, params: list[torch.Tensor], has_biases: bool,
-              num_layers: int, dropout: float, train: bool, bidirectional: bool, batch_first: bool) -> tuple:
-    """``torch._VF.<kind>`` (dense input, no dropout) unrolled over time with :func:`_step`, per layer and
-    direction; returns ``(output, h_n)``, and ``c_n`` for an LSTM. The input projection of all steps is one
-    ``linear`` split by ``unbind`` (whose backward is one ``stack``, not a zero tensor per step)."""
+def unrolled_recurrent(kind: str, x: torch.Tensor, hx: Any, params: list[torch.Tensor], has_biases: bool,
+                       num_layers: int, dropout: float, train: bool, bidirectional: bool, batch_first: bool) -> tuple:
+    """``torch._VF.<kind>`` (``lstm``, ``gru``, ``rnn_tanh``, ``rnn_relu``; dense input, the same arguments)
+    unrolled over time with :func:`_step`, per layer and direction, with ``F.dropout(p=dropout)`` between layers
+    in training; returns ``(output, h_n)``, and ``c_n`` for an LSTM. The input projection of all steps is one
+    ``linear`` (LSTM and RNN: with both biases, ``b_ih + b_hh``, so a step adds none) split by ``unbind`` (whose
+    backward is one ``stack``, not a zero tensor per step)."""
     dirs = 2 if bidirectional else 1
     per = len(params) // (num_layers * dirs)  # w_ih, w_hh[, b_ih, b_hh][, w_hr (LSTM projection)]
     h0, c0 = hx if kind == "lstm" else (hx, None)
@@ -164,6 +166,8 @@ def _unrolled(kind: str, x: torch.Tensor, hx: Any, params: list[torch.Tensor], h
             k = layer * dirs + d
             p = params[k * per:(k + 1) * per]
             b_ih, b_hh = (p[2], p[3]) if has_biases else (None, None)
+            if b_hh is not None and kind != "gru":  # GRU: b_hn sits inside r * (W_hn h + b_hn)
+                b_ih, b_hh = b_ih + b_hh, None
             w_hr = p[-1] if kind == "lstm" and per in (3, 5) else None
             steps = F.linear(out, p[0], b_ih).unbind(0)
             h, c = h0[k], None if c0 is None else c0[k]
@@ -175,6 +179,8 @@ def _unrolled(kind: str, x: torch.Tensor, hx: Any, params: list[torch.Tensor], h
             h_n.append(h)
             c_n.append(c)
         out = torch.cat(outs, -1) if dirs == 2 else outs[0]
+        if train and dropout > 0 and layer < num_layers - 1:
+            out = F.dropout(out, dropout, True)
     out = out.transpose(0, 1) if batch_first else out
     return (out, torch.stack(h_n), torch.stack(c_n)) if kind == "lstm" else (out, torch.stack(h_n))
 
@@ -215,4 +221,4 @@ def rerouted(which: frozenset[str] | set[str]) -> Iterator[None]:
         yield
 
 
-__all__ = ["REROUTES", "rerouted", "reroutes"]
+__all__ = ["REROUTES", "rerouted", "reroutes", "unrolled_recurrent"]
