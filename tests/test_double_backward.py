@@ -232,6 +232,23 @@ def test_unrolled_equals_pytorch(cell, kw, monkeypatch):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("cell", [nn.LSTM, nn.GRU, nn.RNN], ids=lambda c: c.__name__)
+def test_unrolled_inter_layer_dropout(cell, monkeypatch):
+    """Training-mode dropout between layers is unrolled too: p = 1 zeroes the second layer's input in both
+    implementations (deterministic, whatever the masks); p = 0.5 differs from eval mode."""
+    calls = []
+    monkeypatch.setattr(double_backward, "unrolled_recurrent", lambda *a: calls.append(1) or unrolled(*a))
+    torch.manual_seed(0)
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    for p in (1.0, 0.5):
+        layer = cell(3, 4, num_layers=2, dropout=p).double().train()
+        with torch.enable_grad(), rerouted({"recurrent"}):
+            got = layer(x)[0]
+        want = layer(x)[0] if p == 1.0 else layer.eval()(x)[0]
+        assert torch.allclose(got, want, rtol=1e-12, atol=1e-12) == (p == 1.0)
+    assert len(calls) == 2
+
+
 class _Tagger(nn.Module):
     """Embedding -> 2-layer bidirectional recurrent layer -> per-token classes (third-party style)."""
 
