@@ -103,6 +103,43 @@ def test_hutchpp_beats_hutchinson_on_a_decaying_spectrum(sketch):
     assert r.rank == rank and r.num_matvecs == 60 and len(r.samples) == samples and r.method == f"hutchpp-{sketch}"
 
 
+def spectrum(P: int, values: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    Q, _ = torch.linalg.qr(torch.randn(P, P, generator=g, dtype=torch.float64))
+    return Q @ torch.diag(values.to(torch.float64)) @ Q.T
+
+
+@pytest.mark.parametrize("sketch", ["lanczos", "block"])
+def test_adaptive_sketch_reaches_rtol_with_fewer_products(sketch):
+    """With ``rtol``, the sketch stops growing once a product saves less than a Hutchinson sample: on 30 outliers
+    over a flat bulk it keeps the outliers (about 30 steps, not half of the 400-product budget), reaches the
+    requested standard error in fewer products than the fixed half split, and its stderr covers the error."""
+    bulk = 0.3 + 0.1 * torch.rand(270, generator=torch.Generator().manual_seed(1))
+    A = spectrum(300, torch.cat([100.0 / torch.arange(1, 31) ** 0.5, bulk]))
+    tr = float(torch.trace(A))
+    runs = [hutchpp(MatrixOperator(A), max_samples=400, sketch=sketch, rtol=0.01, seed=s) for s in range(40)]
+    fixed = [hutchpp(MatrixOperator(A), max_samples=400, sketch=sketch, rank=200, rtol=0.01, seed=s) for s in range(5)]
+    assert all(r.converged and r.stderr <= 0.01 * abs(r.trace) for r in runs + fixed)
+    assert all(30 <= r.rank <= 50 for r in runs)
+    assert np.mean([r.num_matvecs for r in runs]) < 0.5 * np.mean([r.num_matvecs for r in fixed])
+    err = np.array([r.trace - tr for r in runs])
+    assert np.mean(np.abs(err) <= 2 * np.array([r.stderr for r in runs])) >= 0.8
+    assert abs(err.mean()) < 3 * err.std(ddof=1) / np.sqrt(len(err))  # unbiased: Q never sees the final vectors
+
+
+def test_adaptive_sketch_stays_small_on_a_flat_spectrum_and_grows_with_the_outliers():
+    """A flat spectrum gains nothing from a sketch: the pilot's 8 steps and the patience window only; more
+    outliers, a deeper sketch; a low-rank operator is exact once its range is in the sketch."""
+    flat = spectrum(200, 1.0 + 0.1 * torch.rand(200, generator=torch.Generator().manual_seed(1)))
+    r = estimate_trace(MatrixOperator(flat), max_samples=300, rtol=0.01)
+    assert r.rank == 8 + 3 and r.converged
+    ranks = [estimate_trace(MatrixOperator(spectrum(300, torch.cat([20.0 * torch.ones(k), torch.ones(300 - k)]))),
+                            max_samples=400, rtol=0.005).rank for k in (5, 20, 40)]
+    assert ranks[0] < ranks[1] < ranks[2] and ranks[2] >= 40
+    r = estimate_trace(MatrixOperator(low_rank(100, [4.0, 3.0, 2.0, -1.0])), max_samples=60, rtol=0.01)
+    assert abs(r.trace - 8.0) < 1e-10 and r.converged and r.rank <= 8 + 3
+
+
 def test_lanczos_sketch_is_exact_on_an_invariant_krylov_space():
     g = torch.Generator().manual_seed(2)
     U, _ = torch.linalg.qr(torch.randn(30, 30, generator=g, dtype=torch.float64))
