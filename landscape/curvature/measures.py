@@ -132,7 +132,8 @@ def _trace_args(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--trace-rtol", type=float, default=1e-2,
                    help="stop once stderr <= rtol * |trace| [default: 0.01]")
     g.add_argument("--trace-rank", type=int, default=None,
-                   help="Hutch++ sketch size [default: 1/2 (lanczos, block) or 1/3 (random) of --trace-samples]")
+                   help="Hutch++ sketch size [default: sized for --trace-rtol (lanczos, block; at most 1/2 of "
+                        "--trace-samples), 1/3 of --trace-samples (random)]")
 
 
 def _trace(ctx: AnalysisContext) -> dict[str, Any]:

@@ -146,6 +146,7 @@ def hutchpp(
         if r == P:  # the sketch spans everything: the trace is exact
             Q = torch.eye(P, dtype=torch.float64, device=op.device)
             low = float((Q * op.matvec(Q)).sum())
+            advance(P)
         elif adaptive:
             Q, low = adaptive_lanczos_sketch(op, r, rtol, min_samples, gen, advance)
             r = len(Q)
@@ -154,13 +155,13 @@ def hutchpp(
             Q = torch.linalg.qr(Y.T).Q.T.contiguous()  # (r, P) orthonormal rows spanning range(A S)
             advance(r)
             low = float((Q * op.matvec(Q)).sum())
+            advance(r)
         elif sketch == "block":
             Q, low = block_krylov(op, r, b, gen, advance)
         else:
             V0 = torch.randn(1, P, generator=gen, dtype=torch.float64).to(op.device)
             Qs, T = krylov_basis(op, V0, r, gen, advance=advance)
             Q, low = Qs[0], float(np.trace(T[0]))
-        advance(r if sketch != "block" and not adaptive else 0)
         if r == P:
             return TraceResult(trace=low, stderr=0.0, method=f"hutchpp-{sketch}", converged=True,
                                num_matvecs=work.matvecs, num_passes=work.passes, rank=r, low_rank_trace=low)
@@ -316,7 +317,8 @@ def adaptive_lanczos_sketch(op: LinearOperator, r_max: int, rtol: float, min_sam
     P = op.num_params
     Q = torch.zeros(1, r_max, P, dtype=torch.float64, device=op.device)
     T = np.zeros((1, r_max, r_max))
-    Q[0, 0] = (v := torch.randn(P, generator=gen, dtype=torch.float64)) / v.norm()
+    v0 = torch.randn(P, generator=gen, dtype=torch.float64)
+    Q[0, 0] = v0 / v0.norm()
     aq2, G, saved = 0.0, [0.0], []  # sum_j ||A q_j||^2, G(m), samples saved per step since the pilot
     target2 = None
     m = 0
