@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 from landscape.objective import DataError, LossError, Objective
+from landscape.objective.loss import BatchLoss, Criterion, as_loss
 from landscape.objective.products import gradient_graph, graph_bytes
 from tests.curvature_helpers import assert_unchanged, bn_net, dense_hessian, snapshot
 
@@ -145,6 +146,36 @@ def test_a_source_that_changes_between_passes_raises(data):
         obj.loss()
     with pytest.raises(DataError, match="one-shot iterator"):
         Objective(bn_net(), iter([(x, y)]))
+
+
+def test_loss_fn_is_told_from_a_criterion_by_its_signature(data):
+    """``(m, batch)``, ``(anything: nn.Module, ...)`` and ``(anything, batch)`` are loss_fns; a loss_fn the
+    signature does not reveal fails as a criterion with a one-line error that says how to pass it."""
+    x, y = data
+    net = bn_net(seed=3)
+    ref = Objective(net, x, y, batch_size=10).loss()
+
+    def short(m, b):
+        return F.cross_entropy(m(b[0]), b[1], reduction="sum"), len(b[1])
+
+    def annotated(f: nn.Module, b):
+        return short(f, b)
+
+    def named(f, batch):
+        return short(f, batch)
+
+    for fn in (short, annotated, named, lambda net, b: short(net, b)):
+        assert isinstance(as_loss(fn), BatchLoss)
+        assert Objective(net, x, y, loss=fn, batch_size=10).loss() == pytest.approx(ref, rel=1e-6)
+    assert isinstance(as_loss(lambda output, target: F.cross_entropy(output, target)), Criterion)
+
+    def hidden(f, b):
+        return short(f, b)
+
+    with pytest.raises(LossError, match=r"criterion .*failed: TypeError.*landscape\.BatchLoss") as e:
+        Objective(net, x, y, loss=hidden, batch_size=10).loss()
+    assert "\n" not in str(e.value)
+    assert Objective(net, x, y, loss=BatchLoss(hidden), batch_size=10).loss() == pytest.approx(ref, rel=1e-6)
 
 
 @pytest.mark.parametrize("result, message", [

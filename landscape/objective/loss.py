@@ -178,8 +178,17 @@ class Criterion(Loss):
             correct, predictions = (out.argmax(-1) == target).sum().to(out.dtype), target.numel()
         return LossValue(self._mean(out, target) * n, n, correct, predictions)
 
-    def _mean(self, out: torch.Tensor, target: Any) -> torch.Tensor:
-        loss = self.criterion(out, target)
+    def _mean(self, out: torch.Tensor, target: Any, explain: bool = True) -> torch.Tensor:
+        try:
+            loss = self.criterion(out, target)
+        except (TypeError, IndexError, KeyError, AttributeError) as e:  # often a loss_fn(model, batch) misread
+            if not explain:
+                raise
+            first = str(e).splitlines()[0] if str(e) else ""
+            raise LossError(f"criterion {self.name}(output, target) failed: {type(e).__name__}: {first}. A "
+                            "loss_fn(model, batch) is recognised by its first parameter's name (model, module, net, "
+                            "network, m), an nn.Module annotation or a second parameter named batch; or pass "
+                            "landscape.BatchLoss(fn)") from e
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             got = f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else type(loss).__name__
             raise LossError(f"criterion {self.name} returned {got}, not a scalar (use reduction='mean')")
@@ -196,7 +205,7 @@ class Criterion(Loss):
     def per_sample(self, model: nn.Module, batch: Any) -> torch.Tensor:
         out, target = self._forward(model, batch)
         try:
-            return torch.vmap(lambda o, t: self._mean(o[None], t[None]))(out, target)
+            return torch.vmap(lambda o, t: self._mean(o[None], t[None], explain=False))(out, target)
         except LossError:
             raise
         except Exception:  # noqa: BLE001 - an op vmap cannot batch: one sample at a time
@@ -260,7 +269,8 @@ def _name(fn: Any) -> str:
     return f"{module}:{qual}" if module and qual else repr(fn)
 
 
-_MODEL_PARAMS = ("model", "module", "net", "network")
+_MODEL_PARAMS = ("model", "module", "net", "network", "m")
+_BATCH_PARAMS = ("batch", "data", "minibatch")
 
 
 def as_loss(loss: Any = None, *, task: str | None = None, label_smoothing: float = 0.0) -> Loss:
@@ -279,9 +289,17 @@ def as_loss(loss: Any = None, *, task: str | None = None, label_smoothing: float
                   if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     except (TypeError, ValueError):
         params = []
-    if params and params[0].name in _MODEL_PARAMS:
+    if params and (params[0].name in _MODEL_PARAMS or _is_module(params[0].annotation)
+                   or len(params) > 1 and params[1].name in _BATCH_PARAMS):
         return BatchLoss(loss)
     return Criterion(loss)
+
+
+def _is_module(annotation: Any) -> bool:
+    """``annotation`` names ``nn.Module`` or a subclass (a class, or the string of a postponed annotation)."""
+    if isinstance(annotation, str):
+        return annotation.rsplit(".", 1)[-1] in ("Module", "nn.Module")
+    return isinstance(annotation, type) and issubclass(annotation, nn.Module)
 
 
 def check_value(v: LossValue, index: int, loss: Loss) -> None:
