@@ -228,8 +228,10 @@ def _parse(obj: Any, path: Path, allow_state_dict: bool) -> Checkpoint:
                               state_dict=_state_dict(sd), versions={}, path=str(path))
         except TypeError as e:
             raise CheckpointError(f"{path}: not a state_dict ({e})") from e
-    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path}: a bare state_dict, not a landscape checkpoint; "
+    sd = foreign_state_dict(obj)
+    if isinstance(sd, dict) and sd and all(isinstance(v, torch.Tensor) for v in sd.values()):
+        what = "a bare state_dict" if sd is obj else "another training loop's checkpoint"
+        raise CheckpointError(f"{path}: {what}, not a landscape checkpoint; "
                               "pass --model pkg.module:factory and --data pkg.module:factory")
     raise CheckpointError(f"{path}: not a landscape checkpoint (no '{FORMAT}' header)")
 

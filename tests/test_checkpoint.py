@@ -218,3 +218,14 @@ def test_cli_builtin_checkpoint_mismatches_one_line_exit_2(tmp_path, capsys, kin
         assert code == 0 and not err
         return
     assert code == 2 and err.startswith("landscape: error: ") and err.count("\n") == 1 and match in err, err
+
+
+def test_foreign_weights_without_a_model_say_what_to_pass(tmp_path):
+    """A bare state_dict and another loop's ``{"state_dict": ..., "epoch": ...}`` are recognised as weights and the
+    one-line error names the flags that load them."""
+    weights = {"w": torch.zeros(2), "b": torch.ones(1)}
+    for name, obj, what in (("bare.pt", weights, "a bare state_dict"),
+                            ("lightning.pt", {"state_dict": weights, "epoch": 3}, "another training loop's")):
+        torch.save(obj, tmp_path / name)
+        with pytest.raises(CheckpointError, match=f"{what}.*pass --model pkg.module:factory and --data"):
+            load_checkpoint(tmp_path / name)
