@@ -148,7 +148,7 @@ def hutchpp(
             low = float((Q * op.matvec(Q)).sum())
             advance(P)
         elif adaptive:
-            Q, low = adaptive_lanczos_sketch(op, r, rtol, min_samples, gen, advance)
+            Q, low = adaptive_lanczos_sketch(op, r, rtol, gen, advance)
             r = len(Q)
         elif sketch == "random":
             Y = op.matvec(rademacher(r, P, gen).to(op.device))
@@ -298,7 +298,7 @@ def xnystrace(
 PILOT_STEPS, PILOT_SAMPLES, WINDOW = 8, 4, 3  # adaptive_lanczos_sketch's pilot and patience
 
 
-def adaptive_lanczos_sketch(op: LinearOperator, r_max: int, rtol: float, min_samples: int, gen: torch.Generator,
+def adaptive_lanczos_sketch(op: LinearOperator, r_max: int, rtol: float, gen: torch.Generator,
                             advance: Any) -> tuple[torch.Tensor, float]:
     """A Lanczos sketch ``Q`` (``m <= r_max`` orthonormal rows) sized so that Hutch++ reaches ``stderr <= rtol *
     |trace|`` in the fewest products, and ``tr(Q^T A Q)``.
@@ -307,10 +307,11 @@ def adaptive_lanczos_sketch(op: LinearOperator, r_max: int, rtol: float, min_sam
     (Rademacher), and ``||B||_F^2 = ||A||_F^2 - G(m)`` with ``G(m) = 2 ||A Q||_F^2 - ||Q^T A Q||_F^2`` (``A``
     symmetric, ``Q`` orthonormal), known from the Lanczos products: ``||A q_j||^2 = ||T e_j||^2 + beta_j^2``.
     So a step that raises ``G`` by ``dG`` saves ``2 dG / (rtol tr)^2`` samples for one product. A pilot of
-    ``PILOT_SAMPLES`` residual samples after ``PILOT_STEPS`` steps estimates ``tr`` and ``||B||_F^2``; the
-    sketch then grows while the last ``WINDOW`` steps saved more than a sample each and more than
-    ``min_samples`` are still predicted. The pilot's products are spent (its samples are not reused, so the
-    estimate stays unbiased: ``Q`` does not depend on the final Hutchinson vectors). On the dense Hessians of
+    ``PILOT_SAMPLES`` residual samples after ``PILOT_STEPS`` steps estimates ``tr``; the sketch then grows
+    while the last ``WINDOW`` steps saved more than a sample each. (A stop predicted from the pilot's estimate
+    of ``||B||_F^2`` itself stopped too early: 4 samples of a few remaining outliers' quadratic forms
+    under-estimate it often.) The pilot's products are spent (its samples are not reused, so the estimate stays
+    unbiased: ``Q`` does not depend on the final Hutchinson vectors). On the dense Hessians of
     the six small workloads of ``benchmarks/workloads.py`` at ``rtol = 0.01`` the best fixed sketch was 15-20
     products (27-80 products in all) where half of a 150-product budget took 85-98.
     """

@@ -7,8 +7,8 @@ import torch
 import torch.nn as nn
 
 from landscape.models import register_model
-from landscape.objective.double_backward import unrolled_recurrent
 from landscape.models.common import as_shape, check_dropout, check_positive
+from landscape.objective.double_backward import unrolled_recurrent
 
 LSTM_IMPLS = ("unrolled", "fused")
 

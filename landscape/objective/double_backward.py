@@ -117,8 +117,8 @@ class _Rerouted(TorchFunctionMode):
         if func is torch._weight_norm and "weight_norm" in self.which:
             return _weight_norm(*args, **kwargs)
         kind = _RECURRENT.get(func)
-        if kind is not None and "recurrent" in self.which and len(args) == 9 and not kwargs \
-                and isinstance(args[2], list):  # dense input
+        if (kind is not None and "recurrent" in self.which and len(args) == 9 and not kwargs
+                and isinstance(args[2], list)):  # dense input
             return unrolled_recurrent(kind, *args)
         d = _CONVS.get(func)
         if d is not None and "convolutions" in self.which and torch.is_grad_enabled():

@@ -187,8 +187,8 @@ class Criterion(Loss):
             first = str(e).splitlines()[0] if str(e) else ""
             raise LossError(f"criterion {self.name}(output, target) failed: {type(e).__name__}: {first}. A "
                             "loss_fn(model, batch) is recognised by its first parameter's name (model, module, net, "
-                            "network, m), an nn.Module annotation or a second parameter named batch; or pass "
-                            "landscape.BatchLoss(fn)") from e
+                            "network, m), an nn.Module annotation or a second parameter named batch, data or "
+                            "minibatch; or pass landscape.BatchLoss(fn)") from e
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             got = f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else type(loss).__name__
             raise LossError(f"criterion {self.name} returned {got}, not a scalar (use reduction='mean')")
@@ -298,7 +298,7 @@ def as_loss(loss: Any = None, *, task: str | None = None, label_smoothing: float
 def _is_module(annotation: Any) -> bool:
     """``annotation`` names ``nn.Module`` or a subclass (a class, or the string of a postponed annotation)."""
     if isinstance(annotation, str):
-        return annotation.rsplit(".", 1)[-1] in ("Module", "nn.Module")
+        return annotation.rsplit(".", 1)[-1] == "Module"
     return isinstance(annotation, type) and issubclass(annotation, nn.Module)
 
 
