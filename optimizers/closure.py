@@ -158,11 +158,17 @@ class StepClosure:
         for p in self.params:
             p.grad = None
         self.calls += 1
+        bn = contextlib.nullcontext() if update_bn else frozen_bn_stats(self.model)
+        self.buffers_moved |= update_bn
+        if self.accum_steps == 1:  # the common case without the chunking's few small ops (a small model's step)
+            with bn, self._no_sync(sync):
+                with self.autocast():
+                    loss = self.loss_fn(self.forward_model(self.x), self.y).float()
+                (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+            return loss.detach()
         total = target_count(self.task, self.y)
         chunks = list(zip(self.x.chunk(self.accum_steps), self.y.chunk(self.accum_steps)))
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float32)
-        bn = contextlib.nullcontext() if update_bn else frozen_bn_stats(self.model)
-        self.buffers_moved |= update_bn
         with bn:
             for i, (xc, yc) in enumerate(chunks):
                 last = i == len(chunks) - 1
