@@ -22,6 +22,12 @@ of the mean loss over each workload's data (micro-batches of its ``batch_size``,
    ``hutch_plus_plus`` on its ``HessianOperator``; medians of ``--wall-repeats`` interleaved runs, each on a
    fresh operator (so graph building is included).
 
+3. With ``--rtol R`` (e.g. 0.01, what ``analyze`` asks), the stopping rule instead of a fixed budget (at most
+   ``--rtol-budget`` products): the default's sized Krylov sketch (``adaptive_lanczos_sketch``) against the former
+   half-the-budget sketch (``rank = budget // 2``) and XTrace. On a dense Hessian, ``--seeds`` seeds: products
+   spent, RMS relative error, coverage of 2 stderr; on the network, CPU seconds of each (fresh objective per
+   run, ``--wall-repeats`` interleaved rounds of 2 seeds).
+
 Writes ``<out>/bench_trace.json`` and prints the tables. Compare times within one run.
 """
 from __future__ import annotations
@@ -189,6 +195,43 @@ def wall(w: matrix.Workload, budgets: list[int], repeats: int) -> dict:
     return {"cpu_seconds": out, "passes": passes}
 
 
+def adaptive_runs(budget: int, rtol: float) -> dict[str, Callable[[Any, int], Any]]:
+    """The stopping-rule contenders of section 3 on an operator ``A`` with seed ``s``."""
+    return {
+        f"ours {DEFAULT_TRACE_METHOD} (sized sketch)": lambda A, s: estimate_trace(A, max_samples=budget, rtol=rtol,
+                                                                                  seed=s),
+        f"ours {DEFAULT_TRACE_METHOD}, half-budget sketch": lambda A, s: estimate_trace(
+            A, max_samples=budget, rtol=rtol, seed=s, rank=budget // 2),
+        "ours xtrace": lambda A, s: xtrace(A, max_samples=budget, rtol=rtol, seed=s),
+    }
+
+
+def adaptive_dense(A: torch.Tensor, budget: int, rtol: float, seeds: int) -> dict:
+    """Section 3 on a dense Hessian: mean products, RMS relative error and 2-stderr coverage per contender."""
+    tr, out = float(torch.trace(A)), {}
+    for name, run in adaptive_runs(budget, rtol).items():
+        rs = [run(MatrixOperator(A), s) for s in range(seeds)]
+        err = np.array([(r.trace - tr) / tr for r in rs])
+        out[name] = {"hvps": float(np.mean([r.num_matvecs for r in rs])), "rms_rel": float(np.sqrt(np.mean(err**2))),
+                     "coverage_2se": float(np.mean([abs(r.trace - tr) <= 2 * r.stderr for r in rs])),
+                     "converged": float(np.mean([r.converged for r in rs])),
+                     "rank": float(np.mean([r.rank for r in rs]))}
+    return out
+
+
+def adaptive_wall(w: matrix.Workload, budget: int, rtol: float, repeats: int) -> dict:
+    """Section 3 on the network: median CPU seconds, products and reported relative stderr per contender."""
+    runs, got = adaptive_runs(budget, rtol), {}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            for seed in range(2):
+                t0 = time.process_time()
+                r = run(objective(w).hessian, seed)
+                got.setdefault(name, []).append((time.process_time() - t0, r.num_matvecs, r.stderr / abs(r.trace)))
+    return {name: {"cpu_seconds": float(np.median([g[0] for g in v])), "hvps": float(np.mean([g[1] for g in v])),
+                   "rel_stderr": float(np.mean([g[2] for g in v]))} for name, v in got.items()}
+
+
 def curvlinops_xtrace(model: nn.Module, criterion: nn.Module, data: Any, budget: int) -> tuple[float, int]:
     """curvlinops' ``xtrace`` on its ``HessianLinearOperator`` over ``data`` (batches): ``(estimate, HVPs)``, the
     full-data products counted column by column at the operator's ``_matmat``."""
@@ -217,6 +260,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--ref-budget", type=int, default=600, help="products of the reference where P > --dense-max")
     p.add_argument("--budgets", type=int, nargs="+", default=[30, 102])
     p.add_argument("--wall-repeats", type=int, default=3)
+    p.add_argument("--rtol", type=float, default=None, help="section 3: the stopping rule at this relative stderr")
+    p.add_argument("--rtol-budget", type=int, default=150, help="section 3: most products [default: 150]")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     res: dict = {"setting": {"seeds": args.seeds, "net_seeds": args.net_seeds, "budgets": args.budgets,
@@ -238,17 +283,21 @@ def main(argv: list[str] | None = None) -> dict:
             entry.update(dense_seconds=time.perf_counter() - t0, hessian_trace=float(torch.trace(H)),
                          reference="exact (dense float64)")
             print(f"{w.name}: P={w.num_params}, tr H={entry['hessian_trace']:.6g} (exact)", flush=True)
-            if args.seeds > 0:
+            if args.seeds > 0 and args.rtol is None:
                 entry["hessian"] = accuracy(H, args.budgets, args.seeds)
+            if args.seeds > 0 and args.rtol is not None:
+                entry["adaptive_dense"] = adaptive_dense(H, args.rtol_budget, args.rtol, args.seeds)
             del H
-        elif args.net_seeds > 0:
+        elif args.net_seeds > 0 and args.rtol is None:
             entry.update(network_accuracy(w, args.budgets, args.net_seeds, args.ref_budget))
             ref = entry["reference"]
             entry["hessian_trace"] = ref["trace"]
             entry["reference"] = f"{ref['method']}, {ref['hvps']} float64 products, rel. stderr {ref['rel_stderr']:.1e}"
             print(f"{w.name}: P={w.num_params}, tr H ~ {ref['trace']:.6g} ({entry['reference']})", flush=True)
-        if args.wall_repeats > 0:
+        if args.wall_repeats > 0 and args.rtol is None:
             entry.update(wall(w, args.budgets, args.wall_repeats))
+        if args.wall_repeats > 0 and args.rtol is not None:
+            entry["adaptive_wall"] = adaptive_wall(w, args.rtol_budget, args.rtol, args.wall_repeats)
         entry["load_after"] = os.getloadavg()[0]
         res["workloads"][w.name] = entry
         args.out.mkdir(parents=True, exist_ok=True)
@@ -297,6 +346,15 @@ def print_tables(works: dict, budgets: list[int]) -> None:
                         cov = "" if r["coverage_2se"] is None else f" [{r['coverage_2se']:.2f}]"
                         cells.append(f"{r['rms_rel']:>10.3e}{cov:>8}")
                 print(f"  {method:32s}" + "".join(cells))
+        for key, title in (("adaptive_dense", "dense, stopping rule: products, RMS rel. error, coverage"),
+                           ("adaptive_wall", "network, stopping rule: CPU s (median), products, rel. stderr")):
+            if key in w:
+                print(f"\n{name} {title}")
+                for method, r in w[key].items():
+                    dense = key == "adaptive_dense"
+                    cells = (f"{r['hvps']:>8.1f}{r['rms_rel']:>10.3e}{r['coverage_2se']:>6.2f}" if dense
+                             else f"{r['cpu_seconds']:>8.3f}{r['hvps']:>8.1f}{r['rel_stderr']:>10.3e}")
+                    print(f"  {method:44s}{cells}")
         if "cpu_seconds" in w:
             print(f"\n{name} CPU seconds (median), data passes {w['passes']}")
             for method, by in w["cpu_seconds"].items():
