@@ -160,24 +160,23 @@ class StepClosure:
         self.calls += 1
         bn = contextlib.nullcontext() if update_bn else frozen_bn_stats(self.model)
         self.buffers_moved |= update_bn
-        if self.accum_steps == 1:  # the common case without the chunking's few small ops (a small model's step)
-            with bn, self._no_sync(sync):
-                with self.autocast():
-                    loss = self.loss_fn(self.forward_model(self.x), self.y).float()
-                (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
-            return loss.detach()
+        # one chunk without gradient accumulation: no split, weight or sum (their small ops were ~50 us of a
+        # small model's step)
+        chunks = [(self.x, self.y)] if self.accum_steps == 1 else list(
+            zip(self.x.chunk(self.accum_steps), self.y.chunk(self.accum_steps)))
         total = target_count(self.task, self.y)
-        chunks = list(zip(self.x.chunk(self.accum_steps), self.y.chunk(self.accum_steps)))
-        loss_sum = torch.zeros((), device=self.device, dtype=torch.float32)
+        loss_sum: torch.Tensor | None = None
         with bn:
             for i, (xc, yc) in enumerate(chunks):
                 last = i == len(chunks) - 1
-                weight = target_count(self.task, yc) / total
                 with self._no_sync(sync and last):
                     with self.autocast():
-                        loss = self.loss_fn(self.forward_model(xc), yc).float() * weight
+                        loss = self.loss_fn(self.forward_model(xc), yc).float()
+                        if len(chunks) > 1:
+                            loss = loss * (target_count(self.task, yc) / total)
                     (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
-                loss_sum += loss.detach()
+                loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
+        assert loss_sum is not None
         return loss_sum
 
     @torch.no_grad()
