@@ -26,7 +26,7 @@ restart), so memory stays ``ncv * P``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -286,11 +286,14 @@ def next_vector(W: torch.Tensor, beta: np.ndarray, B: torch.Tensor, scale: np.nd
 
 
 def krylov_basis(op: LinearOperator, V0: torch.Tensor, steps: int, gen: torch.Generator,
-                 basis_dtype: torch.dtype = torch.float64, advance: Any = None) -> tuple[torch.Tensor, np.ndarray]:
+                 basis_dtype: torch.dtype = torch.float64, advance: Any = None,
+                 stop: Callable[[torch.Tensor, np.ndarray, np.ndarray], bool] | None = None
+                 ) -> tuple[torch.Tensor, np.ndarray]:
     """``steps`` Lanczos steps from each row of ``V0`` ``(R, P)``, all runs in one block product per step.
 
     Returns the orthonormal bases ``Q`` ``(R, m, P)`` and ``T = Q^T A Q`` ``(R, m, m)`` (tridiagonal up
-    to rounding), ``m = min(steps, P)``.
+    to rounding), ``m = min(steps, P)``; fewer where ``stop(Q, T, beta)``, called after each step but the last
+    with the rows so far (``beta``: that step's residual norms), returns True.
     """
     R, P = V0.shape
     m = min(steps, P)
@@ -302,6 +305,8 @@ def krylov_basis(op: LinearOperator, V0: torch.Tensor, steps: int, gen: torch.Ge
         if advance is not None:
             advance(1)
         if j + 1 < m:
+            if stop is not None and stop(Q[:, : j + 1], T[:, : j + 1, : j + 1], beta):
+                return Q[:, : j + 1].clone(), T[:, : j + 1, : j + 1].copy()
             Q[:, j + 1] = next_vector(W, beta, Q[:, : j + 1], np.abs(T[:, : j + 1, : j + 1]).max(axis=(1, 2)), gen)
     return Q, T
 

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from landscape.curvature.lanczos import krylov_basis, krylov_step, next_vector
+from landscape.curvature.lanczos import krylov_basis
 from landscape.curvature.operators import LinearOperator, Work, as_operator
 from landscape.progress import progress_bar
 
@@ -315,32 +315,33 @@ def adaptive_lanczos_sketch(op: LinearOperator, r_max: int, rtol: float, gen: to
     the six small workloads of ``benchmarks/workloads.py`` at ``rtol = 0.01`` the best fixed sketch was 15-20
     products (27-80 products in all) where half of a 150-product budget took 85-98.
     """
-    P = op.num_params
-    Q = torch.zeros(1, r_max, P, dtype=torch.float64, device=op.device)
-    T = np.zeros((1, r_max, r_max))
-    v0 = torch.randn(P, generator=gen, dtype=torch.float64)
-    Q[0, 0] = v0 / v0.norm()
-    aq2, G, saved = 0.0, [0.0], []  # sum_j ||A q_j||^2, G(m), samples saved per step since the pilot
-    target2 = None
-    m = 0
-    while m < r_max:
-        W, beta = krylov_step(op, Q, T, m)
-        advance(1)
-        aq2 += float((T[0, : m + 1, m] ** 2).sum() + beta[0] ** 2)
-        m += 1
-        G.append(2.0 * aq2 - float((T[0, :m, :m] ** 2).sum()))
+    V0 = torch.randn(1, op.num_params, generator=gen, dtype=torch.float64).to(op.device)
+    Q, T = krylov_basis(op, V0, r_max, gen, advance=advance, stop=_SketchSize(op, rtol, gen, advance))
+    return Q[0], float(np.trace(T[0]))
+
+
+class _SketchSize:
+    """:func:`adaptive_lanczos_sketch`'s stopping rule, called by :func:`krylov_basis` after each step."""
+
+    def __init__(self, op: LinearOperator, rtol: float, gen: torch.Generator, advance: Any) -> None:
+        self.op, self.rtol, self.gen, self.advance = op, rtol, gen, advance
+        self.aq2, self.G, self.saved = 0.0, [0.0], []  # sum_j ||A q_j||^2, G(m), samples saved per step
+        self.target2: float | None = None  # (rtol tr)^2, from the pilot
+
+    def __call__(self, Q: torch.Tensor, T: np.ndarray, beta: np.ndarray) -> bool:
+        m = T.shape[1]
+        self.aq2 += float((T[0, :, m - 1] ** 2).sum() + beta[0] ** 2)
+        self.G.append(2.0 * self.aq2 - float((T[0] ** 2).sum()))
         if m == PILOT_STEPS:
-            Z = rademacher(PILOT_SAMPLES, P, gen).to(op.device)
-            values = (Z * Deflated(op, Q[0, :m]).matvec(Z)).sum(1).cpu().numpy()
-            advance(PILOT_SAMPLES)
-            target2 = (rtol * abs(float(np.trace(T[0, :m, :m])) + float(values.mean()))) ** 2
-        elif target2 is not None:
-            saved.append(2.0 * (G[-1] - G[-2]) / max(target2, 1e-300))
-            if len(saved) >= WINDOW and sum(saved[-WINDOW:]) < WINDOW:
-                break
-        if m < r_max:
-            Q[:, m] = next_vector(W, beta, Q[:, :m], np.abs(T[:, :m, :m]).max(axis=(1, 2)), gen)
-    return Q[0, :m].clone(), float(np.trace(T[0, :m, :m]))
+            Z = rademacher(PILOT_SAMPLES, self.op.num_params, self.gen).to(self.op.device)
+            values = (Z * Deflated(self.op, Q[0]).matvec(Z)).sum(1).cpu().numpy()
+            self.advance(PILOT_SAMPLES)
+            self.target2 = (self.rtol * abs(float(np.trace(T[0])) + float(values.mean()))) ** 2
+            return False
+        if self.target2 is None:
+            return False
+        self.saved.append(2.0 * (self.G[-1] - self.G[-2]) / max(self.target2, 1e-300))
+        return len(self.saved) >= WINDOW and sum(self.saved[-WINDOW:]) < WINDOW
 
 
 def block_krylov(op: LinearOperator, r: int, b: int, gen: torch.Generator,
