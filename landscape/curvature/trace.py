@@ -120,7 +120,7 @@ def hutchpp(
     and 0.3-0.65 for 102, and within 20% of that least at one half on all twelve; 2/3 cost up to 55% more
     variance (a ViT's few outliers over a flat bulk).
     With ``rtol`` set and no ``rank``, the Krylov sketch is sized for ``rtol`` by
-    :func:`adaptive_lanczos_sketch` (``rank`` at most the fixed default) instead of taking half the budget.
+    :class:`_SketchSize` (``rank`` at most the fixed default) instead of taking half the budget.
     Either way ``Q`` is independent of the Hutchinson vectors, so the estimate is unbiased.
     The default ``rank`` is capped so that the float64 basis fits ``basis_bytes``.
     """
@@ -147,21 +147,20 @@ def hutchpp(
             Q = torch.eye(P, dtype=torch.float64, device=op.device)
             low = float((Q * op.matvec(Q)).sum())
             advance(P)
-        elif adaptive:
-            Q, low = adaptive_lanczos_sketch(op, r, rtol, gen, advance)
-            r = len(Q)
         elif sketch == "random":
             Y = op.matvec(rademacher(r, P, gen).to(op.device))
             Q = torch.linalg.qr(Y.T).Q.T.contiguous()  # (r, P) orthonormal rows spanning range(A S)
             advance(r)
             low = float((Q * op.matvec(Q)).sum())
             advance(r)
-        elif sketch == "block":
+        elif sketch == "block" and not adaptive:
             Q, low = block_krylov(op, r, b, gen, advance)
-        else:
+        else:  # a Lanczos sketch (also block's, when sized: its steps are single-vector below 64 anyway)
             V0 = torch.randn(1, P, generator=gen, dtype=torch.float64).to(op.device)
-            Qs, T = krylov_basis(op, V0, r, gen, advance=advance)
+            Qs, T = krylov_basis(op, V0, r, gen, advance=advance,
+                                 stop=_SketchSize(op, rtol, gen, advance) if adaptive else None)
             Q, low = Qs[0], float(np.trace(T[0]))
+            r = len(Q)
         if r == P:
             return TraceResult(trace=low, stderr=0.0, method=f"hutchpp-{sketch}", converged=True,
                                num_matvecs=work.matvecs, num_passes=work.passes, rank=r, low_rank_trace=low)
@@ -295,13 +294,12 @@ def xnystrace(
                        samples=samples, stderr_exchangeable=_stderr(samples))
 
 
-PILOT_STEPS, PILOT_SAMPLES, WINDOW = 8, 4, 3  # adaptive_lanczos_sketch's pilot and patience
+PILOT_STEPS, PILOT_SAMPLES, WINDOW = 8, 4, 3  # _SketchSize's pilot and patience
 
 
-def adaptive_lanczos_sketch(op: LinearOperator, r_max: int, rtol: float, gen: torch.Generator,
-                            advance: Any) -> tuple[torch.Tensor, float]:
-    """A Lanczos sketch ``Q`` (``m <= r_max`` orthonormal rows) sized so that Hutch++ reaches ``stderr <= rtol *
-    |trace|`` in the fewest products, and ``tr(Q^T A Q)``.
+class _SketchSize:
+    """The size of a Lanczos sketch for Hutch++ to reach ``stderr <= rtol * |trace|`` in the fewest products: a
+    stopping rule that :func:`krylov_basis` calls after each step.
 
     Hutchinson on the deflated ``B = P A P`` needs ``n ~ var / (rtol tr)^2`` samples, ``var ~ 2 ||B||_F^2``
     (Rademacher), and ``||B||_F^2 = ||A||_F^2 - G(m)`` with ``G(m) = 2 ||A Q||_F^2 - ||Q^T A Q||_F^2`` (``A``
@@ -315,13 +313,6 @@ def adaptive_lanczos_sketch(op: LinearOperator, r_max: int, rtol: float, gen: to
     the six small workloads of ``benchmarks/workloads.py`` at ``rtol = 0.01`` the best fixed sketch was 15-20
     products (27-80 products in all) where half of a 150-product budget took 85-98.
     """
-    V0 = torch.randn(1, op.num_params, generator=gen, dtype=torch.float64).to(op.device)
-    Q, T = krylov_basis(op, V0, r_max, gen, advance=advance, stop=_SketchSize(op, rtol, gen, advance))
-    return Q[0], float(np.trace(T[0]))
-
-
-class _SketchSize:
-    """:func:`adaptive_lanczos_sketch`'s stopping rule, called by :func:`krylov_basis` after each step."""
 
     def __init__(self, op: LinearOperator, rtol: float, gen: torch.Generator, advance: Any) -> None:
         self.op, self.rtol, self.gen, self.advance = op, rtol, gen, advance
@@ -573,6 +564,6 @@ def _stderr(samples: np.ndarray) -> float:
     return float(samples.std(ddof=1) / np.sqrt(len(samples))) if len(samples) > 1 else float("inf")
 
 
-__all__ = ["DEFAULT_TRACE_METHOD", "Deflated", "TRACE_METHODS", "TraceResult", "adaptive_lanczos_sketch",
+__all__ = ["DEFAULT_TRACE_METHOD", "Deflated", "TRACE_METHODS", "TraceResult",
            "block_krylov", "estimate_trace", "extend_basis", "hutchinson", "hutchpp", "rademacher", "sphere",
            "xnystrace", "xtrace"]
