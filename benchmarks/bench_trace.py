@@ -26,8 +26,8 @@ of the mean loss over each workload's data (micro-batches of its ``batch_size``,
    ``--rtol-budget`` products): the default's sized Krylov sketch (``_SketchSize`` in
    ``landscape/curvature/trace.py``) against the former half-the-budget sketch (``rank = budget // 2``) and
    XTrace. On a dense Hessian, ``--seeds`` seeds: products spent, RMS relative error, coverage of 2 stderr;
-   on the network, CPU seconds of each (fresh objective per
-run, ``--wall-repeats`` interleaved rounds of 2 seeds).
+   on the network, CPU seconds of each (fresh objective per run, ``--wall-repeats`` interleaved rounds of 2
+   seeds).
 
 Writes ``<out>/bench_trace.json`` and prints the tables. Compare times within one run.
 """
