@@ -197,6 +197,30 @@ def test_bad_loss_fn_is_a_one_line_error_naming_the_batch(data, result, message)
     assert "batch 0" in str(e.value) and "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("form", ["mean", "output with .loss", "per-sample"])
+def test_loss_fn_may_return_a_mean_a_model_output_or_per_sample_losses(data, form):
+    """What users' loss functions return (``model(**batch).loss``, a HuggingFace output, per-sample losses) is
+    taken as it is: a mean counts the batch's rows, so uneven batches (20 and 30 rows) still give the full-data
+    mean, gradient and Hessian of ``(sum, count)``; per-sample losses also give the empirical Fisher."""
+    from types import SimpleNamespace
+
+    x, y = data
+    net = bn_net()
+
+    def reference(model, batch):
+        return F.cross_entropy(model(batch[0]), batch[1], reduction="none"), len(batch[1])
+
+    def loss_fn(model, batch):
+        losses = F.cross_entropy(model(batch[0]), batch[1], reduction="none")
+        return {"mean": losses.mean(), "output with .loss": SimpleNamespace(loss=losses.mean(), logits=None),
+                "per-sample": losses}[form]
+
+    batches = [(x[:20], y[:20]), (x[20:], y[20:])]
+    kinds = ("hessian", "fisher") if form == "per-sample" else ("hessian",)
+    _assert_same(Objective(net, batches, loss=loss_fn), Objective(net, batches, loss=reference), kinds=kinds,
+                 rtol=1e-10)
+
+
 def test_non_scalar_criterion_and_wrong_batches_are_one_line_errors(data):
     x, y = data
     with pytest.raises(LossError, match="batch 0: criterion .*not a scalar"):

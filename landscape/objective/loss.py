@@ -15,6 +15,7 @@ whatever the batch sizes or masks. The protocols:
   anything ``split(batch) -> (inputs, target)`` understands.
 * :class:`BatchLoss` -- full control: ``fn(model, batch) -> (total, count)`` or ``(total, count, correct)``;
   ``total`` a scalar sum, or a 1-D tensor of per-sample losses (summed; the empirical Fisher needs this form).
+  A bare mean loss (or an output with ``.loss``) counts the batch's rows; bare per-sample losses count themselves.
 
 :func:`as_loss` picks one from what a user passes: a task name, a protocol object, an ``nn.Module``
 criterion, or a function (``fn(model, batch)`` when its first parameter is named ``model``/``module``/
@@ -32,7 +33,7 @@ import torch
 import torch.nn as nn
 
 from landscape.losses import loss_fn, target_count
-from landscape.objective.batches import describe
+from landscape.objective.batches import describe, num_rows
 
 TARGET_KEYS = ("labels", "label", "targets", "target", "y")
 """Keys a dict batch's target is looked up under by :class:`Criterion`."""
@@ -216,16 +217,27 @@ class Criterion(Loss):
 
 
 class BatchLoss(Loss):
-    """``fn(model, batch) -> (total, count)`` or ``(total, count, correct)``: full control of the loss."""
+    """``fn(model, batch) -> (total, count)`` or ``(total, count, correct)``: full control of the loss. Also
+    taken: the batch's mean loss (a scalar tensor, or an output with a ``.loss`` such as HuggingFace's), counted
+    as ``num_rows(batch)`` samples, and a 1-D tensor of per-sample losses (``count`` = its length). A mean over
+    something other than the batch's rows (tokens under a padding mask) is exact only as ``(sum, count)``."""
 
     def __init__(self, fn: Callable[[nn.Module, Any], Any], name: str | None = None) -> None:
         self.fn, self.name = fn, name or _name(fn)
 
     def _call(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, Any, Any]:
         got = self.fn(model, batch)
+        loss = getattr(got, "loss", None)  # a model output that carries its loss (HuggingFace's ModelOutput)
+        if isinstance(loss, torch.Tensor) and not isinstance(got, torch.Tensor):
+            got = loss
+        if isinstance(got, torch.Tensor) and got.dim() == 1:  # per-sample losses
+            return got, got.numel(), None
+        if isinstance(got, torch.Tensor) and got.numel() == 1:  # the batch's mean loss: weighted by its rows
+            n = num_rows(batch)
+            return got.reshape(()) * n, n, None
         if not isinstance(got, (tuple, list)) or len(got) not in (2, 3):
-            raise LossError(f"loss_fn {self.name} returned {type(got).__name__}; it must return (sum of losses, "
-                            "count) or (sum, count, correct)")
+            raise LossError(f"loss_fn {self.name} returned {type(got).__name__}; it must return the batch's mean "
+                            "loss, per-sample losses, (sum of losses, count) or (sum, count, correct)")
         total, count = got[0], got[1]
         if not isinstance(total, torch.Tensor) or total.dim() > 1:
             what = type(total).__name__ if not isinstance(total, torch.Tensor) else f"shape {tuple(total.shape)}"
