@@ -1,6 +1,8 @@
-"""Low-memory top-k eigenvalues (no graph cache, compact restarted Lanczos) and the deterministic HVP mode,
-against dense float64 Hessians of tiny nets of each family."""
+"""Low-memory top-k eigenvalues (no graph cache, three-vector or compact restarted Lanczos) and the deterministic
+HVP mode, against dense float64 Hessians of tiny nets of each family and explicit spectra."""
 from __future__ import annotations
+
+import gc
 
 import numpy as np
 import pytest
@@ -8,12 +10,14 @@ import torch
 import torch.nn as nn
 
 from landscape.curvature.lanczos import lanczos
+from landscape.curvature.operators import MatrixOperator
 from landscape.models.cnn import CNN
 from landscape.models.lstm_lm import LSTMLanguageModel
 from landscape.models.mlp import MLP
 from landscape.models.resnet import CifarResNet
 from landscape.objective import Objective, products
 from tests.curvature_helpers import dense_hessian
+from tests.test_curvature_eigen import spectrum_matrix
 
 
 def _tiny(family: str):
@@ -55,10 +59,9 @@ def top(H: torch.Tensor, k: int) -> np.ndarray:
 
 @pytest.mark.parametrize("family", ["mlp", "cnn", pytest.param("resnet-bn", marks=pytest.mark.slow), "lstm"])
 def test_low_memory_lanczos_is_exact_and_keeps_no_graph(family):
-    """memory="low": a restarted Lanczos in a basis of wanted + 3 vectors (the operator's dtype) on products that
-    keep no gradient graph reaches the dense float64 Hessian's top 5 to 1e-12 (restarts happen: more steps
-    than the 8 vectors the basis holds), and
-    agrees with the default (graph-cached, float64 basis) to rounding."""
+    """memory="low": three-vector Lanczos (no reorthogonalization, the operator's dtype) on products that keep
+    no gradient graph reaches the dense float64 Hessian's top 5 to 1e-12, and agrees with the default
+    (graph-cached, float64 basis) to rounding; with vectors asked for, the restarted basis of wanted + 3 does."""
     model, x, y, task = _tiny(family)
     ev = top(dense(Objective(model, x, y, task=task)), 5)
     if family != "lstm":  # the loss protocol's Hessian is itself checked against a plain cross-entropy's
@@ -67,8 +70,11 @@ def test_low_memory_lanczos_is_exact_and_keeps_no_graph(family):
     r = lanczos(low, 5, tol=1e-12)
     assert low.low_memory and low.cache_graph is False
     assert not low._graphs and low._graph_bytes == 0  # the objective's own accounting: nothing kept
-    assert r.converged and r.num_iterations > 8  # more steps than the basis holds: it restarted
+    assert r.converged and r.eigenvectors is None
     np.testing.assert_allclose(r.eigenvalues, ev, rtol=1e-12, atol=1e-13 * abs(ev[0]))
+    v = lanczos(low, 5, tol=1e-12, return_vectors=True)
+    assert v.num_iterations > 8  # more steps than the basis of 8 holds: it restarted
+    np.testing.assert_allclose(v.eigenvalues, ev, rtol=1e-12, atol=1e-13 * abs(ev[0]))
     default = Objective(model, x, y, task=task, batch_size=8)
     d = lanczos(default, 5, tol=1e-12)
     assert not default.low_memory and default._graph_bytes > 0
@@ -121,3 +127,69 @@ def test_cli_memory_flag_reaches_the_objective():
     assert AnalysisContext(net, data, default_options(device="cpu")).objective().memory == "auto"
     obj = AnalysisContext(net, data, default_options(device="cpu", memory="low")).objective()
     assert obj.memory == "low" and obj.low_memory and obj.cache_graph is False
+
+
+class _LowMatrix(MatrixOperator):
+    """An explicit matrix that asks solvers for the low-memory workspace, and records the largest number of
+    ``P``-vectors alive (other than the matrix) while a product runs."""
+
+    low_memory = True
+
+    def __init__(self, A: torch.Tensor) -> None:
+        super().__init__(A)
+        self.most_vectors = 0.0
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        if self.num_matvecs >= 20:  # the workspace is set by then (the restarted run has restarted)
+            return super().matvec(v)
+        P, storages = self.num_params, {}
+        for t in (o for o in gc.get_objects() if isinstance(o, torch.Tensor)):
+            if t is not self.A and t.numel() and t.numel() % P == 0 and t.numel() < P * P:
+                s = t.untyped_storage()
+                storages[s.data_ptr()] = s.nbytes() / (P * t.element_size())
+        self.most_vectors = max(self.most_vectors, sum(storages.values()))
+        return super().matvec(v)
+
+
+def _spectrum(kind: str, P: int, rng: np.random.Generator) -> np.ndarray:
+    if kind == "outliers":  # a Hessian's few large outliers over a bulk
+        return np.concatenate([[100, 60, 40, 30, 25, 20, 18, 15, 12, 10], rng.uniform(-1, 2, P - 10)])
+    if kind == "decay":  # power-law decay of both signs
+        return 100 * np.arange(1, P + 1) ** -1.5 * rng.choice([1, 1, 1, -0.3], P)
+    return np.concatenate([[50, 49.9, 49.8, 30, 29.99], rng.normal(0, 1, P - 5)])  # close pairs
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("kind", ["outliers", "decay", "close"])
+def test_low_memory_lanczos_holds_three_vectors_and_reads_through_ghosts(kind, dtype):
+    """On a low-memory operator, top-5 runs Lanczos without reorthogonalization: at most three
+    ``P``-vectors alive during a product (the restarted basis holds wanted + 3 = 8), yet every eigenvalue within
+    3x its reported accuracy of the dense answer after its copies ("ghosts") appear, converged in fewer than
+    twice the products of the full-basis run; float64 reaches 1e-12."""
+    P, rng = 400, np.random.default_rng(0)
+    lam = _spectrum(kind, P, rng)
+    U, _ = np.linalg.qr(rng.normal(size=(P, P)))
+    A = torch.tensor((U * lam) @ U.T, dtype=dtype)
+    s, tol = np.sort(lam), 1e-12 if dtype == torch.float64 else 1e-6
+    exact = s[::-1][:5]
+    op = _LowMatrix(A)
+    r = lanczos(op, 5, tol=tol)
+    full = lanczos(MatrixOperator(A), 5, tol=tol)
+    assert r.converged and r.eigenvectors is None
+    assert op.most_vectors <= 3
+    assert np.all(np.abs(r.eigenvalues - exact) <= 3 * r.accuracy + 1e-14 * abs(exact).max())
+    if dtype == torch.float64:
+        np.testing.assert_allclose(r.eigenvalues, exact, rtol=0, atol=1e-12 * abs(exact).max())
+    assert r.num_matvecs < 2 * full.num_matvecs + 10
+    restarted = _LowMatrix(A)
+    lanczos(restarted, 5, tol=tol, which="both")  # the other ends keep the compact restarted basis
+    assert restarted.most_vectors >= 13
+
+
+def test_low_memory_lanczos_restarts_with_a_basis_on_an_invariant_krylov_space():
+    """A rank-3 operator's Krylov space is invariant after 3 steps, before 5 eigenvalues are found: the run
+    continues with a restarted basis (its products counted) and returns the exact 5 (3 nonzero, 2 zeros)."""
+    A = spectrum_matrix(np.concatenate([[5.0, 3.0, 2.0], np.zeros(77)]))
+    r = lanczos(_LowMatrix(A), 5, tol=1e-12)
+    assert r.converged and r.num_matvecs > 3
+    np.testing.assert_allclose(r.eigenvalues, [5, 3, 2, 0, 0], atol=1e-12)

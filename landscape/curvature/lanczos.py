@@ -21,7 +21,8 @@ Gram-Schmidt, "twice is enough") in ``basis_dtype`` (float64 by default, even
 when the operator runs in float32) and ``T`` is filled with the computed
 projections. When the basis reaches ``ncv`` vectors it is restarted with the
 wanted Ritz vectors plus as many again nearest to them (Wu & Simon's thick
-restart), so memory stays ``ncv * P``.
+restart), so memory stays ``ncv * P``. On a ``low_memory`` operator the largest eigenvalues (without
+vectors) take three vectors instead: Lanczos without reorthogonalization (:mod:`.three_term`).
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ import numpy as np
 import torch
 
 from landscape.curvature.operators import LinearOperator, Work, as_operator
+from landscape.curvature.three_term import three_term_lanczos
 from landscape.progress import progress_bar
 
 WHICH = ("largest", "smallest", "both")
@@ -106,7 +108,8 @@ def lanczos(
 
     ``which``: ``largest``/``smallest`` algebraic, or ``both`` (``k`` at each end).
     ``ncv``: Krylov dimension before a restart (default ``2 * wanted + 20``, at most ``P``; on an operator
-    with ``low_memory``, ``wanted + LOW_MEMORY_EXTRA``).
+    with ``low_memory``, ``wanted + LOW_MEMORY_EXTRA``). A ``low_memory`` operator's ``largest`` eigenvalues
+    without vectors, residuals, ``ncv`` or ``basis_dtype`` take three vectors instead (:mod:`.three_term`).
     ``basis_dtype``: the basis' dtype (default float64; with ``low_memory``, the operator's).
     ``max_matvecs``: cap on products (default ``max(20 * ncv, 500)``); if reached, ``converged`` is False.
     ``v0``: start vector (default a standard normal draw seeded by ``seed``); a block ``(r, P)``, e.g.
@@ -124,15 +127,25 @@ def lanczos(
     if k < 1 or n_want > P:
         raise ValueError(f"need 1 <= k and {n_want} eigenvalues <= {P} parameters, got k={k}")
     low = bool(getattr(op, "low_memory", False))
+    work = Work(op)
+    if (low and which == "largest" and ncv is None and basis_dtype is None and not (return_vectors or residuals)
+            and P > ncv_default(n_want)):
+        with progress_bar(f"Lanczos ({op.name}, top {k} {which}, 3 vectors)", max_matvecs or 500, progress) as advance:
+            fields = three_term_lanczos(op, k, which, tol, max_matvecs or 500,
+                                        start_vector(v0, P, torch.Generator().manual_seed(seed)), precision_stop,
+                                        history, advance)
+        if fields is not None:
+            return EigenResult(method="lanczos", which=which, tol=tol, num_matvecs=work.matvecs,
+                               num_passes=work.passes, **fields)
+        ncv = min(P, ncv_default(n_want))  # an invariant Krylov space: restart with a basis
     if ncv is None:
-        ncv = n_want + LOW_MEMORY_EXTRA if low else 2 * n_want + 20
+        ncv = n_want + LOW_MEMORY_EXTRA if low else ncv_default(n_want)
     ncv = min(P, ncv)
     if basis_dtype is None:
         basis_dtype = op.dtype if low and op.dtype.is_floating_point else torch.float64
     if ncv < P and ncv < n_want + 2:
         raise ValueError(f"ncv={ncv} must be at least wanted + 2 = {n_want + 2}")
     max_matvecs = max_matvecs if max_matvecs is not None else max(20 * ncv, 500)
-    work = Work(op)
     eps_op = torch.finfo(op.dtype).eps
     gen = torch.Generator().manual_seed(seed)
 
@@ -190,6 +203,11 @@ def lanczos(
             out.eigenvectors = Y
     out.num_matvecs, out.num_passes = work.matvecs, work.passes
     return out
+
+
+def ncv_default(n_want: int) -> int:
+    """The default Krylov dimension before a restart: ``2 * wanted + 20``."""
+    return 2 * n_want + 20
 
 
 class NoiseFloor:

@@ -1,0 +1,128 @@
+"""Extreme eigenvalues in three vectors: Lanczos without reorthogonalization (the low-memory mode).
+
+The recurrence ``beta_j q_{j+1} = A q_j - alpha_j q_j - beta_{j-1} q_{j-1}`` keeps only ``q_{j-1}``, ``q_j``
+and the product, so the workspace is ``3 P`` numbers instead of a restarted basis' ``ncv P``. In finite
+precision the ``q_j`` lose orthogonality as Ritz values converge (Paige), and ``T_m = tridiag(beta, alpha,
+beta)`` acquires copies of converged eigenvalues. Its eigenvalues are read as Cullum and Willoughby do
+(*Lanczos Algorithms for Large Symmetric Eigenvalue Computations*, Sec. 4.5):
+
+* spurious: a Ritz value that is also an eigenvalue of ``T_m`` without its first row and column, a copy
+  in transit that approximates no eigenvalue of ``A``. By interlacing these are exactly the Ritz vectors
+  ``s_i`` with no first component. Dropped are a Ritz value with ``|s_{1,i}| <= sqrt(eps_64) max_j |s_{1,j}|``
+  (a genuine eigenvector so nearly orthogonal to a random start is improbable, and a converged copy's genuine
+  twin keeps its weight), and an unconverged one (residual above the noise floor) within ``5 m eps_64 ||T||``
+  of an eigenvalue of that smaller matrix (a converged genuine value may sit there too, beside its copies);
+* the others are grouped into clusters whose members lie within the noise floor of each other: the copies
+  of one eigenvalue. A cluster is reported once, as its member with the smallest residual estimate ``r =
+  |beta_m s_{m,i}|`` (Paige: still the residual of that Ritz pair), with the error bound ``min(r, r^2 / gap)``
+  (Kato-Temple, ``gap`` the distance to the nearest Ritz value outside the cluster).
+
+Stopping is :func:`~landscape.curvature.lanczos.lanczos`'s: ``r <= tol |theta|`` for every wanted value, or
+every bound below the noise floor, estimated from the symmetry defects ``q_{j-1} . A q_j - beta_{j-1}``
+(:class:`~landscape.curvature.lanczos.NoiseFloor`).
+
+What it cannot do: return eigenvectors (no basis is kept), or tell a multiple eigenvalue, or two closer than
+the noise floor, from a simple one. If the Krylov space becomes invariant before ``k`` eigenvalues are found
+(a tiny or low-rank operator), :func:`three_term_lanczos` returns ``None`` and the caller restarts with a basis.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.linalg import eigh_tridiagonal, eigvalsh_tridiagonal
+
+from landscape.curvature.operators import LinearOperator
+
+SPURIOUS_WEIGHT = 1.5e-8  # sqrt(eps_64): a Ritz vector with less of the start vector (relative) is spurious
+SPURIOUS_TOL = 5.0  # an unconverged Ritz value within SPURIOUS_TOL * m * eps_64 * ||T|| of one of T-hat's is too
+
+
+def ritz_clusters(alpha: np.ndarray, beta: np.ndarray, beta_m: float, merge: float
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The distinct eigenvalue estimates of ``T = tridiag(beta, alpha, beta)`` (ascending), their residual
+    estimates ``r`` and error bounds ``min(r, r^2/gap)``; ``merge``: the noise floor under which
+    two Ritz values are copies of one eigenvalue (module doc)."""
+    m = len(alpha)
+    if m == 1:
+        return alpha.copy(), np.array([abs(beta_m)]), np.array([abs(beta_m)])
+    theta, S = eigh_tridiagonal(alpha, beta)
+    est = np.abs(beta_m * S[-1])
+    weight = np.abs(S[0])  # the start vector's component: ~0 exactly for copies of T-hat's eigenvalues
+    mu = eigvalsh_tridiagonal(alpha[1:], beta[1:]) if m > 2 else alpha[1:]
+    dist = np.abs(theta[:, None] - mu[None, :]).min(axis=1)
+    in_transit = (dist <= SPURIOUS_TOL * m * np.finfo(float).eps * np.abs(theta).max()) & (est > merge)
+    keep = (weight > SPURIOUS_WEIGHT * weight.max()) & ~in_transit
+    theta, est = theta[keep], est[keep]
+    starts = np.flatnonzero(np.concatenate([[True], np.diff(theta) > merge]))
+    bounds = np.append(starts, len(theta))
+    best = np.array([a + int(np.argmin(est[a:b])) for a, b in zip(bounds[:-1], bounds[1:])])
+    values, R = theta[best], est[best]
+    lo = np.concatenate([[np.inf], theta[bounds[1:-1]] - theta[bounds[1:-1] - 1]])  # gap below each cluster
+    gap = np.minimum(lo, np.concatenate([lo[1:], [np.inf]]))
+    quad = np.divide(R ** 2, gap, out=np.full_like(R, np.inf), where=gap > 0)
+    return values, R, np.minimum(R, quad)
+
+
+def three_term_lanczos(op: LinearOperator, k: int, which: str, tol: float, max_matvecs: int, q0: torch.Tensor,
+                       precision_stop: bool, history: list[dict[str, Any]] | None, advance: Any) -> dict | None:
+    """``k`` extreme eigenvalues of ``op`` (``which``: largest, smallest or both) from the unit start ``q0``,
+    holding three ``P``-vectors in the operator's dtype (module doc). Returns the fields of an
+    :class:`~landscape.curvature.lanczos.EigenResult` (no vectors), or ``None`` if the Krylov space became
+    invariant before ``k`` distinct eigenvalues were found at each wanted end."""
+    from landscape.curvature.lanczos import NoiseFloor, _wanted
+
+    n_want = 2 * k if which == "both" else k
+    eps_op = torch.finfo(op.dtype).eps
+    q = q0.to(device=op.device, dtype=op.dtype)
+    q_prev: torch.Tensor | None = None
+    alpha: list[float] = []
+    beta: list[float] = []
+    noise = NoiseFloor()
+    steps, converged, stopped_by = 0, False, "max_matvecs"
+    while True:
+        w = op.matvec(q)
+        if q_prev is not None:
+            noise.add(np.array([float(torch.dot(q_prev, w))]), beta_prev=beta[-1])
+            w.add_(q_prev, alpha=-beta[-1])
+        a = float(torch.dot(q, w))
+        w.add_(q, alpha=-a)
+        c = float(torch.dot(q, w))  # local reorthogonalization against q_j: keeps alpha accurate
+        w.add_(q, alpha=-c)
+        alpha.append(a + c)
+        b = float(w.norm())
+        steps += 1
+        scale_T = max(float(np.abs(alpha).max()), max(beta, default=0.0))
+        merge = max(noise.sigma, eps_op * scale_T)
+        values, R, bound = ritz_clusters(np.array(alpha), np.array(beta), b, merge)
+        idx = _wanted(len(values), which, k)
+        scale = float(np.abs(values).max())
+        rel = R[idx] / np.maximum(np.abs(values[idx]), max(np.sqrt(eps_op) * scale, np.finfo(float).tiny))
+        floor = np.maximum(noise.sigma, eps_op * np.abs(values[idx]))
+        if history is not None:
+            history.append({"matvecs": steps, "eigenvalues": values[idx].copy(), "residual_estimates": R[idx],
+                            "error_bounds": bound[idx], "noise": floor})
+        advance(1, residual=f"{rel.max():.1e}")
+        enough = len(values) >= n_want
+        invariant = b <= eps_op ** 0.75 * max(scale_T, np.finfo(float).tiny)  # rounding level: A q_j in span
+        if enough and bool(np.all(rel <= tol)):
+            converged, stopped_by = True, "tol"
+            break
+        if precision_stop and enough and noise.ready and bool(np.all(bound[idx] <= floor)):
+            converged, stopped_by = True, "noise"
+            break
+        if invariant:
+            if not enough:
+                return None
+            converged, stopped_by = True, "tol"  # T's eigenvalues are A's on an invariant subspace
+            break
+        if steps >= max_matvecs:
+            break
+        beta.append(b)
+        q_prev, q = q, w.div_(b)
+    return {"eigenvalues": values[idx], "converged": converged, "num_iterations": steps,
+            "residual_estimates": R[idx], "error_bounds": bound[idx], "noise": floor, "stopped_by": stopped_by}
+
+
+__all__ = ["ritz_clusters", "three_term_lanczos"]
