@@ -229,6 +229,18 @@ def test_non_scalar_criterion_and_wrong_batches_are_one_line_errors(data):
         Objective(bn_net(), [(x, y, y)]).loss()
 
 
+def test_sequence_logits_under_the_classification_default_are_a_one_line_error_with_the_fix():
+    """A causal LM's ``(N, T, V)`` logits against ``(N, T)`` labels under the default classification loss: a
+    one-line error that names both shapes and the two ways out; ``language_model`` then scores them."""
+    emb = nn.Embedding(7, 7).double()
+    x, y = torch.randint(7, (4, 5)), torch.randint(7, (4, 5))
+    with pytest.raises(LossError, match=r"logits \(4, 5, 7\) against target \(4, 5\).*language_model") as e:
+        Objective(emb, [{"input": x, "labels": y}]).loss()
+    assert "\n" not in str(e.value)
+    ref = F.cross_entropy(emb(x).reshape(-1, 7), y.reshape(-1)).item()
+    assert Objective(emb, [{"input": x, "labels": y}], loss="language_model").loss() == pytest.approx(ref, rel=1e-12)
+
+
 def test_task_loss_takes_dict_batches_and_model_outputs(data):
     """The built-in losses read dict batches (the target under ``labels``, the rest the model's keywords) and
     a HuggingFace-style output's ``logits``, as a criterion does."""

@@ -98,7 +98,23 @@ class TaskLoss(Loss):
     def _forward(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, Any]:
         """The prediction (a HuggingFace output's ``logits``) and target of an ``(x, y)`` or dict batch."""
         inputs, y = default_split(batch, f"the built-in {self.task} loss")
-        return model_output(call_model(model, inputs)), y
+        out = model_output(call_model(model, inputs))
+        self._check(out, y)
+        return out, y
+
+    def _check(self, out: torch.Tensor, y: Any) -> None:
+        """A one-line :class:`LossError` for an output the task cannot score against ``y``."""
+        if self.task == "regression" or not isinstance(y, torch.Tensor) or out.dim() != y.dim() + 1:
+            return  # regression reshapes; other mismatches get cross-entropy's own message
+        if self.task == "language_model" and out.shape[:-1] == y.shape:
+            return
+        if self.task == "classification" and out.shape[:1] + out.shape[2:] == y.shape:  # (N, C, ...) vs (N, ...)
+            return
+        want = "target + (vocabulary,)" if self.task == "language_model" else "(rows, classes, ...)"
+        hint = (" (a sequence model? loss=\"language_model\", or loss=lambda model, batch: model(**batch).loss for "
+                "one that computes its own)" if self.task == "classification" and out.shape[:-1] == y.shape else "")
+        raise LossError(f"the built-in {self.task} loss needs logits {want}; got logits {tuple(out.shape)} against "
+                        f"target {tuple(y.shape)}{hint}")
 
     def value(self, model: nn.Module, batch: Any) -> LossValue:
         out, y = self._forward(model, batch)
@@ -111,6 +127,7 @@ class TaskLoss(Loss):
 
     def output_total(self, out: torch.Tensor, batch: Any) -> tuple[torch.Tensor, float]:
         y = default_split(batch, f"the built-in {self.task} loss")[1]
+        self._check(out, y)
         n = target_count(self.task, y)
         return self._mean(out, y) * n, n
 
