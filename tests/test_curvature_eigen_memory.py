@@ -193,3 +193,31 @@ def test_low_memory_lanczos_restarts_with_a_basis_on_an_invariant_krylov_space()
     r = lanczos(_LowMatrix(A), 5, tol=1e-12)
     assert r.converged and r.num_matvecs > 3
     np.testing.assert_allclose(r.eigenvalues, [5, 3, 2, 0, 0], atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_low_memory_density_is_the_same_quadrature_in_three_blocks(dtype):
+    """SLQ on a low-memory operator runs the three-term recurrence (no basis): at most three blocks of the runs
+    (plus their starts) alive during a product, where the default holds runs x steps vectors; its Gauss rule
+    still reproduces every run's moments ``v^T A^k v`` (k <= 6) to rounding, like the full-basis one, with the
+    top node at the largest eigenvalue."""
+    from landscape.curvature.density import spectral_density
+    from landscape.curvature.trace import rademacher
+
+    P, rng = 300, np.random.default_rng(1)
+    lam = _spectrum("outliers", P, rng)
+    U, _ = np.linalg.qr(rng.normal(size=(P, P)))
+    A64 = (U * lam) @ U.T
+    A = torch.tensor(A64, dtype=dtype)
+    low_op = _LowMatrix(A)
+    low = spectral_density(low_op, num_runs=4, num_steps=40, seed=3)
+    full = spectral_density(MatrixOperator(A), num_runs=4, num_steps=40, seed=3)
+    assert low_op.most_vectors <= 4 * 4  # q_{j-1}, q_j and the starts (4 runs each); full: 4 x 40
+    V = rademacher(4, P, torch.Generator().manual_seed(3)).numpy() / np.sqrt(P)
+    tol = 1e-9 if dtype == torch.float64 else 2e-5
+    for k in range(1, 7):
+        exact = np.einsum("rp,rp->r", V @ np.linalg.matrix_power(A64, k), V)
+        for r in (low, full):
+            got = (r.weights * r.nodes ** k).sum(1)
+            np.testing.assert_allclose(got, exact, rtol=tol, atol=tol * lam.max() ** k)
+    assert abs(low.nodes.max() - lam.max()) <= tol * lam.max()

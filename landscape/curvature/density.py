@@ -1,6 +1,7 @@
 """Spectral density by stochastic Lanczos quadrature (Ghorbani, Krishnan & Xiao, 2019).
 
-Each of ``num_runs`` runs starts Lanczos (full reorthogonalization) from a
+Each of ``num_runs`` runs starts Lanczos (full reorthogonalization; on a ``low_memory`` operator the
+three-term recurrence without it, :func:`~landscape.curvature.three_term.three_term_tridiagonals`) from a
 normalized Rademacher vector ``v`` and takes ``num_steps`` steps; the
 eigen-decomposition ``T = S diag(theta) S^T`` of its tridiagonal matrix gives
 Gauss quadrature nodes ``theta_j`` and weights ``tau_j = S_{1j}^2``
@@ -28,6 +29,7 @@ from scipy.integrate import trapezoid
 from scipy.linalg import eigh_tridiagonal
 
 from landscape.curvature.lanczos import krylov_basis
+from landscape.curvature.three_term import three_term_tridiagonals
 from landscape.curvature.operators import Work, as_operator
 from landscape.curvature.trace import rademacher
 from landscape.progress import progress_bar
@@ -68,7 +70,8 @@ def spectral_density(
 ) -> DensityResult:
     """SLQ density of ``op`` (see the module docstring for the estimator and the smoothing).
 
-    Runs advance together while their Lanczos bases fit ``basis_bytes``; more runs go in turns.
+    Runs advance together while their Lanczos bases fit ``basis_bytes``; more runs go in turns. On a
+    ``low_memory`` operator all runs advance together in three ``(num_runs, P)`` blocks of its dtype.
     """
     op = as_operator(op)
     P = op.num_params
@@ -77,11 +80,18 @@ def spectral_density(
         raise ValueError("num_runs and num_steps must be >= 1")
     work = Work(op)
     gen = torch.Generator().manual_seed(seed)
-    together = max(1, min(num_runs, basis_bytes // (m * P * torch.finfo(basis_dtype).bits // 8)))
+    low = bool(getattr(op, "low_memory", False))
+    if low:  # three (R, P) blocks in the operator's dtype instead of R bases of m vectors
+        basis_dtype = op.dtype
+    together = num_runs if low else max(1, min(num_runs, basis_bytes // (m * P * torch.finfo(basis_dtype).bits // 8)))
     starts = rademacher(num_runs, P, gen).to(op.device, basis_dtype)
     with progress_bar(f"spectral density ({op.name}, {num_runs} runs)", m * -(-num_runs // together),
                       progress) as advance:
-        T = np.concatenate([krylov_basis(op, V0, m, gen, basis_dtype, advance)[1] for V0 in starts.split(together)])
+        if low:
+            T = three_term_tridiagonals(op, starts, m, advance)
+        else:
+            T = np.concatenate([krylov_basis(op, V0, m, gen, basis_dtype, advance)[1]
+                                for V0 in starts.split(together)])
     nodes, weights = np.zeros((num_runs, m)), np.zeros((num_runs, m))
     for r in range(num_runs):
         theta, S = eigh_tridiagonal(np.diagonal(T[r]).copy(), np.diagonal(T[r], 1).copy())

@@ -125,4 +125,45 @@ def three_term_lanczos(op: LinearOperator, k: int, which: str, tol: float, max_m
             "residual_estimates": R[idx], "error_bounds": bound[idx], "noise": floor, "stopped_by": stopped_by}
 
 
-__all__ = ["ritz_clusters", "three_term_lanczos"]
+
+
+def three_term_tridiagonals(op: LinearOperator, V0: torch.Tensor, steps: int, advance: Any = None
+                            ) -> np.ndarray:
+    """``steps`` Lanczos steps without reorthogonalization from each row of ``V0`` ``(R, P)``, all runs in one
+    block product per step, holding three ``(R, P)`` blocks in ``V0``'s dtype. Returns the tridiagonals ``T``
+    ``(R, m, m)``, ``m = min(steps, P)``. For quadrature (stochastic Lanczos quadrature) this is the classical
+    recurrence: in finite precision the ghosts share their eigenvalue's weight ``S_{1j}^2``, and the Gauss rule
+    stays accurate (Greenbaum 1989; Ubaru, Chen & Saad 2017). A run whose Krylov space becomes invariant (a
+    rounding-level ``beta``) keeps its tridiagonal there and its remaining rows and columns are left out of the
+    quadrature by a zero weight (its next vector is zero)."""
+    R, P = V0.shape
+    m = min(steps, P)
+    T = np.zeros((R, m, m))
+    q = V0 / V0.norm(dim=1, keepdim=True)
+    q_prev = torch.zeros_like(q)
+    beta = torch.zeros(R, dtype=q.dtype, device=q.device)
+    eps = torch.finfo(q.dtype).eps
+    for j in range(m):
+        w = op.matvec(q)
+        if advance is not None:
+            advance(1)
+        w.addcmul_(q_prev, beta[:, None], value=-1)  # fused: no (R, P) temporary
+        a = torch.einsum("rp,rp->r", q, w)
+        w.addcmul_(q, a[:, None], value=-1)
+        c = torch.einsum("rp,rp->r", q, w)  # local reorthogonalization against q_j
+        w.addcmul_(q, c[:, None], value=-1)
+        a = a + c
+        T[:, j, j] = a.cpu().numpy()
+        if j + 1 == m:
+            break
+        beta = w.norm(dim=1)
+        scale = torch.as_tensor(np.abs(T[:, : j + 1, : j + 1]).max(axis=(1, 2)), dtype=q.dtype, device=q.device)
+        beta = torch.where(beta <= eps ** 0.75 * scale, torch.zeros_like(beta), beta)
+        b = beta.cpu().numpy()
+        T[:, j, j + 1] = T[:, j + 1, j] = b
+        q_prev, q = q, w.div_(torch.where(beta > 0, beta, torch.ones_like(beta))[:, None])
+        q[beta == 0] = 0.0
+    return T
+
+
+__all__ = ["ritz_clusters", "three_term_lanczos", "three_term_tridiagonals"]
