@@ -129,21 +129,34 @@ def test_cli_memory_flag_reaches_the_objective():
     assert obj.memory == "low" and obj.low_memory and obj.cache_graph is False
 
 
+def _live_tensors() -> list[torch.Tensor]:
+    out = []
+    for o in gc.get_objects():
+        try:
+            if isinstance(o, torch.Tensor):
+                out.append(o)
+        except ReferenceError:  # a dead weak proxy
+            continue
+    return out
+
+
 class _LowMatrix(MatrixOperator):
     """An explicit matrix that asks solvers for the low-memory workspace, and records the largest number of
-    ``P``-vectors alive (other than the matrix) while a product runs."""
+    ``P``-vectors alive (other than the matrix and tensors older than the operator) while a product runs."""
 
     low_memory = True
 
     def __init__(self, A: torch.Tensor) -> None:
         super().__init__(A)
         self.most_vectors = 0.0
+        self._before = _live_tensors()  # held, so their ids stay unique
+        self._before_ids = {id(t) for t in self._before}
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         if self.num_matvecs >= 20:  # the workspace is set by then (the restarted run has restarted)
             return super().matvec(v)
         P, storages = self.num_params, {}
-        for t in (o for o in gc.get_objects() if isinstance(o, torch.Tensor)):
+        for t in (t for t in _live_tensors() if id(t) not in self._before_ids):
             if t is not self.A and t.numel() and t.numel() % P == 0 and t.numel() < P * P:
                 s = t.untyped_storage()
                 storages[s.data_ptr()] = s.nbytes() / (P * t.element_size())
