@@ -125,8 +125,6 @@ def three_term_lanczos(op: LinearOperator, k: int, which: str, tol: float, max_m
             "residual_estimates": R[idx], "error_bounds": bound[idx], "noise": floor, "stopped_by": stopped_by}
 
 
-
-
 def three_term_tridiagonals(op: LinearOperator, V0: torch.Tensor, steps: int, advance: Any = None
                             ) -> np.ndarray:
     """``steps`` Lanczos steps without reorthogonalization from each row of ``V0`` ``(R, P)``, all runs in one
