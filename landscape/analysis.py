@@ -145,9 +145,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="Hessian-vector products by double backward, forward-over-reverse, or auto (double "
                         "backward, reusing kept graphs) [default: auto]")
     g.add_argument("--memory", choices=["auto", "low"], default="auto",
-                   help="low: keep no gradient graphs or streamed data and a compact Krylov basis (peak memory "
-                        "near PyHessian's, products about 2x slower); auto: keep the graphs where they fit a "
-                        "quarter of the free memory, else low [default: auto]")
+                   help="low: keep no gradient graphs or streamed data, the spectral density in three vectors "
+                        "per run and eigenvalues in a compact Krylov basis (peak memory near PyHessian's, products "
+                        "about 2x slower); auto: keep the graphs where they fit a quarter of the free memory, else "
+                        "low [default: auto]")
     g.add_argument("--seed", type=int, default=0, help="seed of every random draw [default: 0]")
     for measure in load_measures().values():
         measure.add_arguments(p.add_argument_group(measure.title))
