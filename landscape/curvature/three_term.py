@@ -11,7 +11,9 @@ beta)`` acquires copies of converged eigenvalues. Its eigenvalues are read as Cu
   ``s_i`` with no first component. Dropped are a Ritz value with ``|s_{1,i}| <= sqrt(eps_64) max_j |s_{1,j}|``
   (a genuine eigenvector so nearly orthogonal to a random start is improbable, and a converged copy's genuine
   twin keeps its weight), and an unconverged one (residual above the noise floor) within ``5 m eps_64 ||T||``
-  of an eigenvalue of that smaller matrix (a converged genuine value may sit there too, beside its copies);
+  of an eigenvalue of that smaller matrix that has a Ritz value of more start weight within its residual (the
+  genuine value it is a copy of: while a copy forms, the genuine value's own residual rises and it sits by
+  an eigenvalue of the smaller matrix too, so it is kept as the heaviest of its neighbourhood);
 * the others are grouped into clusters whose members lie within the noise floor of each other: the copies
   of one eigenvalue. A cluster is reported once, as its member with the smallest residual estimate ``r =
   |beta_m s_{m,i}|`` (Paige: still the residual of that Ritz pair), with the error bound ``min(r, r^2 / gap)``
@@ -52,7 +54,9 @@ def ritz_clusters(alpha: np.ndarray, beta: np.ndarray, beta_m: float, merge: flo
     weight = np.abs(S[0])  # the start vector's component: ~0 exactly for copies of T-hat's eigenvalues
     mu = eigvalsh_tridiagonal(alpha[1:], beta[1:]) if m > 2 else alpha[1:]
     dist = np.abs(theta[:, None] - mu[None, :]).min(axis=1)
-    in_transit = (dist <= SPURIOUS_TOL * m * np.finfo(float).eps * np.abs(theta).max()) & (est > merge)
+    near = np.abs(theta[:, None] - theta[None, :]) <= est[:, None]  # j within i's residual of it
+    heavier_near = (near & (weight[None, :] > weight[:, None])).any(axis=1)
+    in_transit = (dist <= SPURIOUS_TOL * m * np.finfo(float).eps * np.abs(theta).max()) & (est > merge) & heavier_near
     keep = (weight > SPURIOUS_WEIGHT * weight.max()) & ~in_transit
     theta, est = theta[keep], est[keep]
     starts = np.flatnonzero(np.concatenate([[True], np.diff(theta) > merge]))
