@@ -165,9 +165,8 @@ def lanczos(
             idx = _wanted(m, which, k)
             scale = float(np.abs(theta).max())
             est = np.abs(beta[0] * S[m - 1, idx])
-            rel = est / np.maximum(np.abs(theta[idx]), max(np.sqrt(eps_op) * scale, np.finfo(float).tiny))
+            rel, floor = relative_residuals(theta, idx, est, noise.sigma, eps_op)
             bound = eigenvalue_bounds(theta, idx, est)
-            floor = np.maximum(noise.sigma, eps_op * np.abs(theta[idx]))
             if history is not None:
                 history.append({"matvecs": steps, "eigenvalues": theta[idx].copy(), "residual_estimates": est,
                                 "error_bounds": bound, "noise": floor})
@@ -203,6 +202,14 @@ def lanczos(
             out.eigenvectors = Y
     out.num_matvecs, out.num_passes = work.matvecs, work.passes
     return out
+
+
+def relative_residuals(theta: np.ndarray, idx: np.ndarray, residuals: np.ndarray, sigma: float,
+                       eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """The residuals of the Ritz values ``theta[idx]`` relative to ``max(|theta_i|, sqrt(eps) max|theta|)`` (what
+    ``tol`` bounds), and their noise floors ``max(sigma, eps |theta_i|)``."""
+    scale = max(np.sqrt(eps) * float(np.abs(theta).max()), np.finfo(float).tiny)
+    return residuals / np.maximum(np.abs(theta[idx]), scale), np.maximum(sigma, eps * np.abs(theta[idx]))
 
 
 def ncv_default(n_want: int) -> int:

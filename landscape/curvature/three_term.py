@@ -69,41 +69,50 @@ def ritz_clusters(alpha: np.ndarray, beta: np.ndarray, beta_m: float, merge: flo
     return values, R, np.minimum(R, quad)
 
 
+def recurrence_step(op: LinearOperator, q: torch.Tensor, q_prev: torch.Tensor, beta: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One step of the recurrence for each row of ``q`` ``(R, P)``: ``w = A q - beta q_prev - alpha q`` with
+    ``alpha = q . A q`` after one local reorthogonalization against ``q`` (keeps ``alpha`` accurate), in place
+    and fused (no ``(R, P)`` temporary). Returns ``w``, ``alpha`` and ``q_prev . A q`` (the symmetry-defect
+    sample of :class:`~landscape.curvature.lanczos.NoiseFloor`)."""
+    w = op.matvec(q)
+    defect = torch.einsum("rp,rp->r", q_prev, w)
+    w.addcmul_(q_prev, beta[:, None], value=-1)
+    a = torch.einsum("rp,rp->r", q, w)
+    w.addcmul_(q, a[:, None], value=-1)
+    c = torch.einsum("rp,rp->r", q, w)
+    w.addcmul_(q, c[:, None], value=-1)
+    return w, a + c, defect
+
+
 def three_term_lanczos(op: LinearOperator, k: int, which: str, tol: float, max_matvecs: int, q0: torch.Tensor,
                        precision_stop: bool, history: list[dict[str, Any]] | None, advance: Any) -> dict | None:
     """``k`` extreme eigenvalues of ``op`` (``which``: largest, smallest or both) from the unit start ``q0``,
     holding three ``P``-vectors in the operator's dtype (module doc). Returns the fields of an
     :class:`~landscape.curvature.lanczos.EigenResult` (no vectors), or ``None`` if the Krylov space became
     invariant before ``k`` distinct eigenvalues were found at each wanted end."""
-    from landscape.curvature.lanczos import NoiseFloor, _wanted
+    from landscape.curvature.lanczos import NoiseFloor, _wanted, relative_residuals
 
     n_want = 2 * k if which == "both" else k
     eps_op = torch.finfo(op.dtype).eps
-    q = q0.to(device=op.device, dtype=op.dtype)
-    q_prev: torch.Tensor | None = None
+    q = q0.to(device=op.device, dtype=op.dtype)[None]
+    q_prev = torch.zeros_like(q)
     alpha: list[float] = []
     beta: list[float] = []
     noise = NoiseFloor()
     steps, converged, stopped_by = 0, False, "max_matvecs"
     while True:
-        w = op.matvec(q)
-        if q_prev is not None:
-            noise.add(np.array([float(torch.dot(q_prev, w))]), beta_prev=beta[-1])
-            w.add_(q_prev, alpha=-beta[-1])
-        a = float(torch.dot(q, w))
-        w.add_(q, alpha=-a)
-        c = float(torch.dot(q, w))  # local reorthogonalization against q_j: keeps alpha accurate
-        w.add_(q, alpha=-c)
-        alpha.append(a + c)
+        w, a, defect = recurrence_step(op, q, q_prev, q.new_tensor(beta[-1:] or [0.0]))
+        if beta:
+            noise.add(np.array([float(defect[0])]), beta_prev=beta[-1])
+        alpha.append(float(a[0]))
         b = float(w.norm())
         steps += 1
         scale_T = max(float(np.abs(alpha).max()), max(beta, default=0.0))
         merge = max(noise.sigma, eps_op * scale_T)
         values, R, bound = ritz_clusters(np.array(alpha), np.array(beta), b, merge)
         idx = _wanted(len(values), which, k)
-        scale = float(np.abs(values).max())
-        rel = R[idx] / np.maximum(np.abs(values[idx]), max(np.sqrt(eps_op) * scale, np.finfo(float).tiny))
-        floor = np.maximum(noise.sigma, eps_op * np.abs(values[idx]))
+        rel, floor = relative_residuals(values, idx, R[idx], noise.sigma, eps_op)
         if history is not None:
             history.append({"matvecs": steps, "eigenvalues": values[idx].copy(), "residual_estimates": R[idx],
                             "error_bounds": bound[idx], "noise": floor})
@@ -146,15 +155,9 @@ def three_term_tridiagonals(op: LinearOperator, V0: torch.Tensor, steps: int, ad
     beta = torch.zeros(R, dtype=q.dtype, device=q.device)
     eps = torch.finfo(q.dtype).eps
     for j in range(m):
-        w = op.matvec(q)
+        w, a, _ = recurrence_step(op, q, q_prev, beta)
         if advance is not None:
             advance(1)
-        w.addcmul_(q_prev, beta[:, None], value=-1)  # fused: no (R, P) temporary
-        a = torch.einsum("rp,rp->r", q, w)
-        w.addcmul_(q, a[:, None], value=-1)
-        c = torch.einsum("rp,rp->r", q, w)  # local reorthogonalization against q_j
-        w.addcmul_(q, c[:, None], value=-1)
-        a = a + c
         T[:, j, j] = a.cpu().numpy()
         if j + 1 == m:
             break
@@ -168,4 +171,4 @@ def three_term_tridiagonals(op: LinearOperator, V0: torch.Tensor, steps: int, ad
     return T
 
 
-__all__ = ["ritz_clusters", "three_term_lanczos", "three_term_tridiagonals"]
+__all__ = ["recurrence_step", "ritz_clusters", "three_term_lanczos", "three_term_tridiagonals"]
