@@ -29,14 +29,14 @@ def evaluate(
     model.eval()
     if sharded and world_size() > 1:
         x, y = x[rank() :: world_size()], y[rank() :: world_size()]
-    f = loss_fn(task)
+    f = loss_fn(task, reduction="sum")
     sums = torch.zeros(3, dtype=accumulation_dtype(device), device=device)  # loss*count, correct, count
     try:
         for i in range(0, len(x), batch_size):
             xb, yb = x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)
             out = model(xb)
             n = target_count(task, yb)
-            sums[0] += float(f(out, yb)) * n
+            sums[0] += float(f(out, yb))
             c = correct_count(task, out, yb)
             sums[1] += 0 if c is None else c
             sums[2] += n

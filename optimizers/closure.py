@@ -100,6 +100,7 @@ class StepClosure:
         self.forward_model = forward_model if forward_model is not None else model
         self.task = task
         self.loss_fn: Callable = make_loss_fn(task, label_smoothing)
+        self.loss_sum_fn: Callable = make_loss_fn(task, label_smoothing, reduction="sum")
         self.per_sample_loss_fn: Callable = make_loss_fn(task, label_smoothing, reduction="none")
         self.accum_steps = accum_steps
         self.device = torch.device(device)
@@ -164,16 +165,17 @@ class StepClosure:
         # small model's step)
         chunks = [(self.x, self.y)] if self.accum_steps == 1 else list(
             zip(self.x.chunk(self.accum_steps), self.y.chunk(self.accum_steps)))
-        total = target_count(self.task, self.y)
+        total = target_count(self.task, self.y) if len(chunks) > 1 else 1
         loss_sum: torch.Tensor | None = None
         with bn:
             for i, (xc, yc) in enumerate(chunks):
                 last = i == len(chunks) - 1
                 with self._no_sync(sync and last):
                     with self.autocast():
-                        loss = self.loss_fn(self.forward_model(xc), yc).float()
-                        if len(chunks) > 1:
-                            loss = loss * (target_count(self.task, yc) / total)
+                        if len(chunks) > 1:  # a chunk's share: its sum over the batch's targets
+                            loss = (self.loss_sum_fn(self.forward_model(xc), yc) / total).float()
+                        else:
+                            loss = self.loss_fn(self.forward_model(xc), yc).float()
                     (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
                 loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
         assert loss_sum is not None
@@ -235,13 +237,14 @@ class StepClosure:
             raise RuntimeError("StepClosure called before set_batch")
         params = list(params) if params is not None else self.params
         self.calls += 1
-        total = target_count(self.task, self.y)
         chunks = list(zip(self.x.chunk(self.accum_steps), self.y.chunk(self.accum_steps)))
+        total = target_count(self.task, self.y) if len(chunks) > 1 else 1
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float32)
 
         def grads_of(xc: torch.Tensor, yc: torch.Tensor, create_graph: bool):
-            with self.autocast():
-                loss = self.loss_fn(self.model(xc), yc).float() * (target_count(self.task, yc) / total)
+            with self.autocast():  # one chunk: its mean; several: each one's sum over the batch's targets
+                loss = (self.loss_fn(self.model(xc), yc) if len(chunks) == 1
+                        else self.loss_sum_fn(self.model(xc), yc) / total).float()
             with torch.enable_grad():
                 scaled = self.scaler.scale(loss) if self.scaler is not None else loss
                 g = torch.autograd.grad(scaled, params, create_graph=create_graph, allow_unused=True)

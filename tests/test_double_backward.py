@@ -299,3 +299,85 @@ def test_packed_lstm_runs_as_is():
     obj = Objective(model, x, y, batch_size=4)
     torch.testing.assert_close(obj.hvp(torch.eye(obj.num_params, dtype=torch.float64)), dense_hessian(model, x, y),
                                rtol=1e-9, atol=1e-11)
+
+
+class _Bagged(nn.Module):
+    """Token bags (2-D, or 1-D with offsets) through an embedding of each kind, then a linear head."""
+
+    def __init__(self, mode: str, padding_idx: int | None = None, sparse: bool = False) -> None:
+        super().__init__()
+        self.bag = nn.EmbeddingBag(9, 3, mode=mode, padding_idx=padding_idx)
+        self.embed = nn.Embedding(9, 3, sparse=sparse)
+        self.head = nn.Linear(3, 4)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        flat, offsets = tokens.reshape(-1), torch.arange(0, tokens.numel(), tokens.shape[1])
+        return self.head(torch.tanh(self.bag(tokens) + self.bag(flat, offsets) + self.embed(tokens).mean(1)))
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean", "max"])
+def test_embedding_bag_rerouted_equals_pytorch(mode):
+    """The composite bag (2-D input, offsets, include_last_offset, padding, per-sample weights) gives PyTorch's
+    values exactly."""
+    torch.manual_seed(0)
+    for pad in (None, 2):
+        bag = nn.EmbeddingBag(10, 4, mode=mode, padding_idx=pad).double()
+        x2, x1, off = torch.randint(0, 10, (5, 3)), torch.randint(0, 10, (9,)), torch.tensor([0, 2, 2, 5])
+        for args in ((x2,), (x1, off)):
+            torch.testing.assert_close(double_backward._embedding_bag(*args[:1], bag.weight, *args[1:], mode=mode,
+                                                                      padding_idx=pad), bag(*args), rtol=0, atol=0)
+        if mode == "sum":
+            psw = torch.rand(9, dtype=torch.float64)
+            torch.testing.assert_close(double_backward._embedding_bag(x1, bag.weight, off, per_sample_weights=psw,
+                                                                      mode=mode, padding_idx=pad),
+                                       bag(x1, off, per_sample_weights=psw), rtol=0, atol=0)
+    last = nn.EmbeddingBag(10, 4, mode=mode, include_last_offset=True).double()
+    off = torch.tensor([0, 2, 2, 5, 9])
+    torch.testing.assert_close(double_backward._embedding_bag(x1, last.weight, off, mode=mode,
+                                                              include_last_offset=True), last(x1, off), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean", "max"])
+def test_embedding_products_equal_finite_differences_of_pytorch_gradient(mode):
+    """``nn.EmbeddingBag`` has no double backward and a sparse ``nn.Embedding`` a sparse gradient: rerouted, the
+    float64 products equal central differences of PyTorch's own (first-order) gradient of the same model."""
+    torch.manual_seed(0)
+    model = _Bagged(mode, padding_idx=1, sparse=True).double()
+    x, y = torch.randint(0, 9, (10, 4)), torch.randint(0, 4, (10,))
+    obj = Objective(model, x, y, batch_size=4)
+    assert obj._reroutes == {"embeddings"}
+
+    def pytorch_grad(w: torch.Tensor) -> torch.Tensor:
+        ref = _Bagged(mode, padding_idx=1).double()
+        torch.nn.utils.vector_to_parameters(w, ref.parameters())
+        nn.functional.cross_entropy(ref(x), y).backward()
+        return torch.cat([p.grad.reshape(-1) for p in ref.parameters()])
+
+    v = torch.randn(obj.num_params, dtype=torch.float64)
+    eps = 1e-6
+    fd = (pytorch_grad(obj.w0 + eps * v) - pytorch_grad(obj.w0 - eps * v)) / (2 * eps)
+    torch.testing.assert_close(obj.grad(), pytorch_grad(obj.w0), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(obj.hvp(v), fd, rtol=1e-6, atol=1e-8)
+
+
+def test_embedding_max_norm_leaves_the_weight_and_gives_pytorch_values():
+    """``max_norm`` renormalizes rows in place in PyTorch's forward; rerouted, the objective's point (and the
+    model) stay as they were, the loss is PyTorch's, and products equal differences of the gradient."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(9, 3, max_norm=0.5), nn.Flatten(), nn.Linear(12, 4)).double()
+    with torch.no_grad():
+        model[0].weight.mul_(3.0)  # rows beyond max_norm
+    before = {k: t.clone() for k, t in model.state_dict().items()}
+    x, y = torch.randint(0, 9, (10, 4)), torch.randint(0, 4, (10,))
+    obj = Objective(model, x, y, batch_size=4)
+    w0 = obj.w0.clone()
+    loss = obj.loss()
+    v = torch.randn(obj.num_params, dtype=torch.float64)
+    eps = 1e-6
+    fd = (obj.grad(obj.w0 + eps * v) - obj.grad(obj.w0 - eps * v)) / (2 * eps)
+    torch.testing.assert_close(obj.hvp(v), fd, rtol=1e-6, atol=1e-8)
+    assert torch.equal(obj.w0, w0) and all(torch.equal(t, before[k]) for k, t in model.state_dict().items())
+    copy = nn.Sequential(nn.Embedding(9, 3, max_norm=0.5), nn.Flatten(), nn.Linear(12, 4)).double()
+    copy.load_state_dict(before)
+    with torch.no_grad():
+        assert loss == pytest.approx(float(nn.functional.cross_entropy(copy(x), y)), rel=1e-12)

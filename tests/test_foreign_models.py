@@ -149,3 +149,27 @@ def test_foreign_checkpoint_files(tmp_path):
     broken.write_bytes(plain.read_bytes()[:100])
     with pytest.raises(CheckpointError, match="corrupt or truncated safetensors"):
         load_checkpoint(broken, allow_state_dict=True)
+
+
+def test_encoder_decoder_and_causal_lm_under_the_built_in_task():
+    """A T5 (encoder-decoder) with dict batches of padded ``labels`` under ``loss="language_model"``: the labels
+    reach the model (it builds its decoder inputs from them) and the full-data loss is the token mean of T5's own
+    loss; a causal LM whose labels are its inputs (HuggingFace's convention) is refused with the fix."""
+    from transformers import GPT2Config, GPT2LMHeadModel, T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(0)
+    t5 = T5ForConditionalGeneration(T5Config(vocab_size=40, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
+                                             decoder_start_token_id=0, pad_token_id=0)).eval()
+    ids, labels = torch.randint(0, 40, (6, 7)), torch.randint(0, 40, (6, 5))
+    labels[:2, 3:] = -100
+    batches = [{"input_ids": ids[i:i + 3], "labels": labels[i:i + 3]} for i in (0, 3)]
+    with torch.no_grad():
+        tokens = [int((b["labels"] != -100).sum()) for b in batches]
+        expected = sum(float(t5(**b).loss) * n for b, n in zip(batches, tokens)) / sum(tokens)
+    obj = Objective(t5, batches, loss="language_model")
+    assert obj.loss() == pytest.approx(expected, rel=1e-5) and obj.total_count == sum(tokens)
+    assert np.isfinite(landscape.hessian_eigenvalues(obj, k=1).eigenvalues).all()
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=31, n_positions=8))
+    ids = torch.randint(0, 31, (4, 8))
+    with pytest.raises(landscape.objective.loss.LossError, match="labels equal input_ids"):
+        Objective(gpt2, [{"input_ids": ids, "labels": ids}], loss="language_model").loss()

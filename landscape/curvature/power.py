@@ -42,6 +42,8 @@ def power_iteration(
     op = as_operator(op)
     if k < 1 or k > op.num_params:
         raise ValueError(f"k must be in [1, {op.num_params}], got {k}")
+    if max_iter < 1:
+        raise ValueError(f"max_iter must be >= 1, got {max_iter}")
     work = Work(op)
     gen = torch.Generator().manual_seed(seed)
     values: list[float] = []

@@ -22,12 +22,13 @@ per vector). See :func:`xtrace` and :func:`xnystrace` for the closed forms.
 
 All stop once ``stderr <= rtol * |estimate|`` (after ``min_samples``), where ``stderr`` is the
 standard error of the mean of the samples, or when ``max_samples`` products are spent; with
-``max_samples >= P`` every method returns the exact trace from ``P`` unit-vector products.
+``max_samples >= P`` every method (Hutch++ without an explicit ``rank``) returns the exact trace from ``P``
+unit-vector products.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -83,6 +84,8 @@ def hutchinson(
     work = Work(op)
     gen = torch.Generator().manual_seed(seed)
     with progress_bar(f"Hutchinson trace ({op.name})", max_samples, progress) as advance:
+        if max_samples >= op.num_params:
+            return _exact(op, work, "hutchinson", advance)
         samples, converged = _sample(op, gen, 0.0, max_samples, rtol, min_samples, block, advance)
     return TraceResult(trace=float(samples.mean()), stderr=_stderr(samples), method="hutchinson",
                        converged=converged, num_matvecs=work.matvecs, num_passes=work.passes, samples=samples)
@@ -130,6 +133,7 @@ def hutchpp(
     P = op.num_params
     cost = 2 if sketch == "random" else 1  # products per sketch dimension
     adaptive = rank is None and rtol is not None and sketch != "random"
+    exact = rank is None and max_samples >= P  # the budget covers the unit vectors
     if rank is None:
         rank = min(max_samples // 3 if sketch == "random" else max_samples // 2, max(1, basis_bytes // (8 * P)))
     r = min(P, rank)
@@ -143,6 +147,8 @@ def hutchpp(
     work = Work(op)
     gen = torch.Generator().manual_seed(seed)
     with progress_bar(f"Hutch++ trace ({op.name}, {sketch} sketch)", max_samples, progress) as advance:
+        if exact:
+            return _exact(op, work, f"hutchpp-{sketch}", advance)
         if r == P:  # the sketch spans everything: the trace is exact
             Q = torch.eye(P, dtype=torch.float64, device=op.device)
             low = float((Q * op.matvec(Q)).sum())
@@ -513,13 +519,18 @@ TRACE_METHODS = ("hutchinson", "hutchpp-random", "hutchpp-lanczos", "hutchpp-blo
 DEFAULT_TRACE_METHOD = "hutchpp-block"
 
 
-def estimate_trace(op: Any, method: str = DEFAULT_TRACE_METHOD, **options: Any) -> TraceResult:
-    """``tr(op)`` by ``method`` (one of :data:`TRACE_METHODS`); ``options`` go to the estimator."""
+def trace_estimator(method: str) -> Callable[..., TraceResult]:
+    """The estimator function of ``method`` (one of :data:`TRACE_METHODS`; Hutch++'s takes its ``sketch``)."""
     if method not in TRACE_METHODS:
         raise ValueError(f"trace method must be one of {', '.join(TRACE_METHODS)}, got {method!r}")
-    if method.startswith("hutchpp"):
-        return hutchpp(op, sketch=method.split("-")[1], **options)
-    return {"hutchinson": hutchinson, "xtrace": xtrace, "xnystrace": xnystrace}[method](op, **options)
+    return {"hutchinson": hutchinson, "xtrace": xtrace, "xnystrace": xnystrace}.get(method, hutchpp)
+
+
+def estimate_trace(op: Any, method: str = DEFAULT_TRACE_METHOD, **options: Any) -> TraceResult:
+    """``tr(op)`` by ``method`` (one of :data:`TRACE_METHODS`); ``options`` go to the estimator."""
+    if method.startswith("hutchpp") and method in TRACE_METHODS:
+        options["sketch"] = method.split("-")[1]
+    return trace_estimator(method)(op, **options)
 
 
 class Deflated(LinearOperator):
@@ -566,4 +577,4 @@ def _stderr(samples: np.ndarray) -> float:
 
 __all__ = ["DEFAULT_TRACE_METHOD", "Deflated", "TRACE_METHODS", "TraceResult",
            "block_krylov", "estimate_trace", "extend_basis", "hutchinson", "hutchpp", "rademacher", "sphere",
-           "xnystrace", "xtrace"]
+           "trace_estimator", "xnystrace", "xtrace"]

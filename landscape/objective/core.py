@@ -45,8 +45,8 @@ from landscape.curvature.operators import CurvatureOperator
 from landscape.distributed import all_reduce_sum, free_memory, rank, world_size
 from landscape.objective import pointwise, products
 from landscape.objective.batches import group_rows, num_rows, row_dims, take_rows
-from landscape.objective.double_backward import reroutes
-from landscape.objective.loss import Loss, LossError, LossValue, TaskLoss, as_loss, check_value
+from landscape.objective.double_backward import reroutes, rerouted
+from landscape.objective.loss import Loss, LossError, LossValue, TaskLoss, as_loss, check_value, default_split
 from landscape.objective.parameters import ParamSpec, eval_mode, select_parameters
 from landscape.objective.sources import DataError, StreamSource, TensorSource, is_in_memory, subset_indices
 
@@ -174,8 +174,13 @@ class Objective:
         self.w0 = self.flatten([named[n] for n in self.names])
         chosen = set(self.names)
         self._fixed = {n: self._cast(p) for n, p in named.items() if n not in chosen}
-        self._fixed.update({n: self._cast(b) for n, b in model.named_buffers()})
+        # copies: a forward that updates a buffer in place must not reach the model's own
+        self._fixed.update({n: _own(self._cast(b), b) for n, b in model.named_buffers()})
         self._bound = _Bound(model)
+        # plain tensor attributes (old-style weight_norm / spectral_norm keep the computed weight as one): a call
+        # at another point, or a vmap-ed one, leaves its own tensor there; each call puts the original back
+        self._attributes = [(m, k, v) for m in model.modules() for k, v in vars(m).items()
+                            if isinstance(v, torch.Tensor)]
         self._reroutes = reroutes(model)  # operations whose double backward PyTorch gets wasteful or wrong
         self._stat_dtype = torch.float32 if self.device.type == "mps" else torch.float64
 
@@ -229,8 +234,8 @@ class Objective:
 
         loss = self.loss_spec
         assert isinstance(loss, TaskLoss)
-        count = float(sum(target_count(loss.task, b[1]) for _, b in self.source.batches())) if isinstance(
-            self.source.data, (tuple, list)) else float(self.source.rows)
+        count = float(sum(float(target_count(loss.task, default_split(b, loss.task)[1]))
+                          for _, b in self.source.batches()))
         return self._reduce_stats(self.source.rows, count)
 
     def _reduce_stats(self, rows: int, count: float) -> tuple[int, float]:
@@ -293,18 +298,11 @@ class Objective:
 
     @contextlib.contextmanager
     def at(self, w: torch.Tensor) -> Iterator[nn.Module]:
-        """Write ``w`` into the model's parameters for the block; restore them bit-exactly after."""
-        named = dict(self.model.named_parameters())
-        saved = {n: named[n].detach().clone() for n in self.names}
-        try:
-            with torch.no_grad():
-                for n, t in self.unflatten(self._point(w)).items():
-                    named[n].copy_(t)
+        """Write ``w`` into the model's parameters for the block; restore them (and the buffers) bit-exactly
+        after."""
+        with pointwise.Written(self) as written:
+            written.write(self._point(w))
             yield self.model
-        finally:
-            with torch.no_grad():
-                for n, t in saved.items():
-                    named[n].copy_(t)
 
     # ------------------------------------------------------------ functionals
     def state(self, w: torch.Tensor | None = None,
@@ -323,7 +321,17 @@ class Objective:
         touched; differentiable in ``w``); ``state`` replaces the whole state."""
         if state is None:
             state = self._state(w, buffers)  # w as given: a leaf with requires_grad stays one
-        return functional_call(self._bound, {f"model.{k}": v for k, v in state.items()}, (fn, *args))
+        try:
+            with exact_attention(), rerouted(self._reroutes & {"embeddings"}):  # in-place renorms, sparse grads
+                return functional_call(self._bound, {f"model.{k}": v for k, v in state.items()}, (fn, *args))
+        finally:
+            self.restore_attributes()
+
+    def restore_attributes(self) -> None:
+        """Put back the module attributes that are plain tensors, as they were when the objective was made."""
+        for m, k, v in self._attributes:
+            if m.__dict__.get(k) is not v:
+                m.__dict__[k] = v
 
     def value(self, w: torch.Tensor, batch: Any, index: int = 0,
               buffers: Mapping[str, torch.Tensor] | None = None) -> LossValue:
@@ -574,7 +582,7 @@ class Objective:
             leaf = w.detach().requires_grad_(True)
             with torch.enable_grad():
                 v = self.value(leaf, batch, i)
-                (g,) = torch.autograd.grad(v.total, leaf, allow_unused=True, materialize_grads=True)
+                g = products.gradient(v.total, leaf)
             return torch.cat([v.total.detach().reshape(1).to(g.dtype), g]), v.count
 
         out = self._pass(per_batch)
@@ -783,6 +791,24 @@ class Objective:
     def operator(self, kind: str, w: torch.Tensor | None = None) -> CurvatureOperator:
         """The ``kind`` (``hessian``, ``ggn``, ``fisher``) at ``w`` (default ``w0``) as a linear operator."""
         return CurvatureOperator(self, kind, w)
+
+
+@contextlib.contextmanager
+def exact_attention() -> Iterator[None]:
+    """PyTorch's fast path of ``nn.MultiheadAttention`` / ``nn.TransformerEncoder`` off: without gradients it runs
+    on nested tensors that zero the padded positions' outputs, a different function from the one autograd
+    differentiates (so a loss, its gradient and a surface's centre would disagree)."""
+    was = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(was)
+
+
+def _own(t: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
+    """``t``, copied if it shares ``original``'s storage."""
+    return t.clone() if t.untyped_storage().data_ptr() == original.untyped_storage().data_ptr() else t
 
 
 def _is_compiled(model: nn.Module) -> bool:

@@ -20,6 +20,12 @@ the graph that a Hessian-, Gauss-Newton- or Fisher-vector product differentiates
   cuDNN on GPU (no double backward at all). Here they are unrolled over time with plain ops
   (:func:`unrolled_recurrent`): the same function, every product mode on every device. Packed sequences run
   as is.
+* **Embeddings** (``"embeddings"``: ``nn.Embedding`` and ``nn.EmbeddingBag``). ``sparse=True`` gives a sparse
+  gradient that no product can differentiate, ``max_norm`` renormalizes the weight's rows in place during the
+  forward (an in-place write to the point being differentiated), and ``embedding_bag`` has no double backward.
+  Here: a dense lookup of the rows scaled by ``min(1, max_norm / ||row||)`` (the same values, and the function
+  of the weight that the forward computes), and a bag as the sum (``index_add``), mean or maximum
+  (``scatter_reduce``) of looked-up rows, weighted by ``per_sample_weights``, padding rows left out.
 
 Everything else runs as is; products change only by rounding (convolutions, recurrent layers) or become exact (weight
 norm).
@@ -36,7 +42,7 @@ import torch.nn.functional as F
 from torch.nn.utils import parametrize
 from torch.overrides import TorchFunctionMode
 
-REROUTES = ("convolutions", "weight_norm", "recurrent")
+REROUTES = ("convolutions", "weight_norm", "recurrent", "embeddings")
 _RECURRENT = {torch._VF.lstm: "lstm", torch._VF.gru: "gru", torch._VF.rnn_tanh: "rnn_tanh",
               torch._VF.rnn_relu: "rnn_relu"}
 _CONVS = {F.conv1d: 1, F.conv2d: 2, F.conv3d: 3}
@@ -120,6 +126,8 @@ class _Rerouted(TorchFunctionMode):
         if (kind is not None and "recurrent" in self.which and len(args) == 9 and not kwargs
                 and isinstance(args[2], list)):  # dense input
             return unrolled_recurrent(kind, *args)
+        if func in _EMBEDDINGS and "embeddings" in self.which:
+            return _EMBEDDINGS[func](*args, **kwargs)
         d = _CONVS.get(func)
         if d is not None and "convolutions" in self.which and torch.is_grad_enabled():
             out = _data_conv(d, args, kwargs)
@@ -190,10 +198,66 @@ def _weight_norm(v: torch.Tensor, g: torch.Tensor, dim: int = 0) -> torch.Tensor
     return v * (g / torch.norm_except_dim(v, 2, dim))
 
 
+def _renormed(weight: torch.Tensor, max_norm: float | None, norm_type: float) -> torch.Tensor:
+    """The rows of ``weight`` scaled to norm at most ``max_norm`` (``embedding_renorm_``'s values, out of place)."""
+    if max_norm is None:
+        return weight
+    norms = torch.linalg.vector_norm(weight, norm_type, dim=1, keepdim=True)
+    return weight * torch.where(norms > max_norm, max_norm / (norms + 1e-7), torch.ones_like(norms))
+
+
+def _embedding(input: torch.Tensor, weight: torch.Tensor, padding_idx: int | None = None,
+               max_norm: float | None = None, norm_type: float = 2.0, scale_grad_by_freq: bool = False,
+               sparse: bool = False) -> torch.Tensor:
+    """``F.embedding`` as a dense lookup of the renormed rows (module docstring)."""
+    return F.embedding(input, _renormed(weight, max_norm, norm_type), padding_idx, None, norm_type,
+                       scale_grad_by_freq, False)
+
+
+def _embedding_bag(input: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor | None = None,
+                   max_norm: float | None = None, norm_type: float = 2, scale_grad_by_freq: bool = False,
+                   mode: str = "mean", sparse: bool = False, per_sample_weights: torch.Tensor | None = None,
+                   include_last_offset: bool = False, padding_idx: int | None = None) -> torch.Tensor:
+    """``F.embedding_bag`` from differentiable pieces (module docstring); an empty bag gives zeros."""
+    if input.dim() == 2:
+        bags, length = input.shape
+        bag = torch.arange(bags, device=input.device).repeat_interleave(length)
+        idx = input.reshape(-1)
+        if per_sample_weights is not None:
+            per_sample_weights = per_sample_weights.reshape(-1)
+    else:
+        starts = offsets[:-1] if include_last_offset else offsets
+        bags = len(starts)
+        ends = torch.cat([starts[1:], starts.new_tensor([len(input)])]) if not include_last_offset else offsets[1:]
+        bag = torch.arange(bags, device=input.device).repeat_interleave(ends - starts)
+        idx = input[: len(bag)]
+    if padding_idx is not None and padding_idx < 0:
+        padding_idx += weight.shape[0]
+    rows = F.embedding(idx, _renormed(weight, max_norm, norm_type))
+    keep = (idx != padding_idx) if padding_idx is not None else torch.ones_like(idx, dtype=torch.bool)
+    if per_sample_weights is not None:
+        rows = rows * per_sample_weights[: len(bag), None]
+    if mode == "max":
+        rows = rows.masked_fill(~keep[:, None], float("-inf"))
+        out = rows.new_full((bags, weight.shape[1]), float("-inf")).scatter_reduce(
+            0, bag[:, None].expand_as(rows), rows, "amax", include_self=True)
+        return out.masked_fill(torch.isinf(out), 0.0)
+    rows = rows * keep[:, None].to(rows.dtype)
+    out = rows.new_zeros(bags, weight.shape[1]).index_add(0, bag, rows)
+    if mode == "mean":
+        count = rows.new_zeros(bags).index_add(0, bag, keep.to(rows.dtype))
+        out = out / count.clamp_min(1)[:, None]
+    return out
+
+
+_EMBEDDINGS = {F.embedding: _embedding, F.embedding_bag: _embedding_bag}
+
+
 def reroutes(model: nn.Module) -> frozenset[str]:
     """What ``model`` needs rerouted: ``"convolutions"`` if it holds a ``torch.nn`` convolution, ``"weight_norm"``
     if a module is weight-normalized (parametrization or the older hook), ``"recurrent"`` if it holds an
-    ``nn.LSTM``, ``nn.GRU`` or ``nn.RNN``. Empty for the rest, which then pay nothing for the per-call dispatch
+    ``nn.LSTM``, ``nn.GRU`` or ``nn.RNN``, ``"embeddings"`` if an ``nn.EmbeddingBag`` or an ``nn.Embedding`` with
+    ``sparse`` or ``max_norm``. Empty for the rest, which then pay nothing for the per-call dispatch
     of :func:`rerouted`."""
     found = set()
     hook = getattr(sys.modules.get("torch.nn.utils.weight_norm"), "WeightNorm", ())
@@ -202,6 +266,8 @@ def reroutes(model: nn.Module) -> frozenset[str]:
             found.add("convolutions")
         if isinstance(m, (nn.LSTM, nn.GRU, nn.RNN)):
             found.add("recurrent")
+        if isinstance(m, nn.EmbeddingBag) or (isinstance(m, nn.Embedding) and (m.sparse or m.max_norm is not None)):
+            found.add("embeddings")
         if parametrize.is_parametrized(m) and any(
                 isinstance(p, torch.nn.utils.parametrizations._WeightNorm)
                 for plist in m.parametrizations.values() for p in plist):

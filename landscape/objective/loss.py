@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -32,7 +33,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from landscape.losses import loss_fn, target_count
+from landscape.losses import IGNORE_INDEX, loss_fn, predictions, target_count
 from landscape.objective.batches import describe, num_rows
 
 TARGET_KEYS = ("labels", "label", "targets", "target", "y")
@@ -91,21 +92,26 @@ class TaskLoss(Loss):
 
     def __init__(self, task: str = "classification", label_smoothing: float = 0.0) -> None:
         self.task, self.label_smoothing = task, float(label_smoothing)
-        self._mean = loss_fn(task, label_smoothing)
+        self._sum = loss_fn(task, label_smoothing, reduction="sum")
         self._none = loss_fn(task, label_smoothing, reduction="none")
         self.name = task
 
     def _forward(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, Any]:
         """The prediction (a HuggingFace output's ``logits``) and target of an ``(x, y)`` or dict batch."""
         inputs, y = default_split(batch, f"the built-in {self.task} loss")
-        out = model_output(call_model(model, inputs))
+        if self.task == "language_model" and isinstance(inputs, Mapping):
+            _check_shifted(inputs.get("input_ids"), y)
+        out = model_output(call_model(model, with_decoder_labels(model, batch, inputs)))
         self._check(out, y)
         return out, y
 
     def _check(self, out: torch.Tensor, y: Any) -> None:
         """A one-line :class:`LossError` for an output the task cannot score against ``y``."""
+        if self.task == "regression" and isinstance(y, torch.Tensor) and out.numel() != y.numel():
+            raise LossError(f"the built-in regression loss needs one output per target value; got output "
+                            f"{tuple(out.shape)} against target {tuple(y.shape)}")
         if self.task == "regression" or not isinstance(y, torch.Tensor) or out.dim() != y.dim() + 1:
-            return  # regression reshapes; other mismatches get cross-entropy's own message
+            return  # other mismatches get cross-entropy's own message
         if self.task == "language_model" and out.shape[:-1] == y.shape:
             return
         if self.task == "classification" and out.shape[:1] + out.shape[2:] == y.shape:  # (N, C, ...) vs (N, ...)
@@ -119,16 +125,16 @@ class TaskLoss(Loss):
     def value(self, model: nn.Module, batch: Any) -> LossValue:
         out, y = self._forward(model, batch)
         n = target_count(self.task, y)
-        correct = None if self.task == "regression" else (out.argmax(-1) == y).sum().to(out.dtype)
-        return LossValue(self._mean(out, y) * n, n, correct, None if correct is None else n)
+        scored = self.task != "regression" and not y.is_floating_point()  # no accuracy of class probabilities
+        correct = (predictions(self.task, out) == y).sum().to(out.dtype) if scored else None
+        return LossValue(self._sum(out, y), n, correct, None if correct is None else n)
 
     def output(self, model: nn.Module, batch: Any) -> torch.Tensor:
         return self._forward(model, batch)[0]
 
     def output_total(self, out: torch.Tensor, batch: Any) -> tuple[torch.Tensor, float]:
         y = default_split(batch, f"the built-in {self.task} loss")[1]
-        n = target_count(self.task, y)
-        return self._mean(out, y) * n, n
+        return self._sum(out, y), target_count(self.task, y)
 
     def per_sample(self, model: nn.Module, batch: Any) -> torch.Tensor:
         out, y = self._forward(model, batch)
@@ -136,6 +142,37 @@ class TaskLoss(Loss):
 
     def describe(self) -> dict[str, Any]:
         return {"loss": self.task, "label_smoothing": self.label_smoothing}
+
+
+def _check_shifted(ids: Any, y: Any) -> None:
+    """A :class:`LossError` for HuggingFace's causal-LM convention (``labels`` = ``input_ids``, shifted inside the
+    model's own loss) under the built-in language-model loss, which scores ``logits[t]`` against ``y[t]``."""
+    if not (isinstance(ids, torch.Tensor) and isinstance(y, torch.Tensor) and ids.shape == y.shape):
+        return
+    counted = y != IGNORE_INDEX
+    if bool(counted.any()) and bool((y == ids)[counted].all()):
+        raise LossError("the labels equal input_ids (HuggingFace's convention: its model shifts them inside its "
+                        "own loss), so the built-in language_model loss would score each token against itself; "
+                        "pass loss=lambda model, batch: model(**batch).loss, or labels shifted by one token")
+
+
+_DECODES: dict[type, bool] = {}
+
+
+def with_decoder_labels(model: nn.Module, batch: Any, inputs: Any) -> Any:
+    """``inputs`` with the dict batch's ``labels`` put back for an encoder-decoder model (a ``forward`` with a
+    ``decoder_input_ids`` parameter, HuggingFace's T5 or BART) that is given no decoder inputs: such a model
+    builds them from the labels, and its logits are then the labels' own positions."""
+    if not (isinstance(inputs, Mapping) and isinstance(batch, Mapping) and "labels" in batch
+            and "labels" not in inputs and "decoder_input_ids" not in inputs):
+        return inputs
+    kind = type(model)
+    if kind not in _DECODES:
+        try:
+            _DECODES[kind] = "decoder_input_ids" in inspect.signature(model.forward).parameters
+        except (TypeError, ValueError):
+            _DECODES[kind] = False
+    return {**inputs, "labels": batch["labels"]} if _DECODES[kind] else inputs
 
 
 def call_model(model: nn.Module, inputs: Any) -> Any:
@@ -175,29 +212,57 @@ def default_split(batch: Any, what: str = "a criterion") -> tuple[Any, Any]:
 
 
 class Criterion(Loss):
-    """A mean-reduced ``criterion(output, target)``; each batch weighs by its rows (``len(target)``)."""
+    """A mean-reduced ``criterion(output, target)``; each batch weighs by its rows (the target's leading
+    dimension), as in PyHessian. A criterion whose ``reduction`` is ``"sum"`` gives the batch's total itself;
+    one with an ``ignore_index`` (``nn.CrossEntropyLoss``, ``nn.NLLLoss``) counts the class targets it does
+    not ignore, so that padded tokens weigh nothing."""
 
     def __init__(self, criterion: Callable[[Any, Any], torch.Tensor],
                  split: Callable[[Any], tuple[Any, Any]] | None = None) -> None:
         self.criterion, self.split = criterion, split or default_split
         self.name = _name(criterion)
+        self.summed = getattr(criterion, "reduction", "mean") == "sum"
+        self.ignore_index = getattr(criterion, "ignore_index", None)
 
     def _forward(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, Any]:
         inputs, target = self.split(batch)
-        return model_output(call_model(model, inputs)), target
+        return model_output(call_model(model, with_decoder_labels(model, batch, inputs))), target
+
+    def _count(self, target: Any) -> int | torch.Tensor:
+        """Rows, or the class targets other than ``ignore_index`` (a 0-d tensor: no host read)."""
+        if (isinstance(self.ignore_index, int) and isinstance(target, torch.Tensor) and target.dim() > 0
+                and not target.is_floating_point()):
+            return (target != self.ignore_index).sum()
+        return _rows(target)
+
+    def _total(self, out: torch.Tensor, target: Any) -> tuple[torch.Tensor, int | torch.Tensor]:
+        n = self._count(target)
+        loss = self._mean(out, target)
+        return (loss if self.summed else loss * n), n
 
     def value(self, model: nn.Module, batch: Any) -> LossValue:
         out, target = self._forward(model, batch)
-        n = _rows(target)
+        total, n = self._total(out, target)
         correct = predictions = None
         if (isinstance(target, torch.Tensor) and not target.is_floating_point() and out.dim() >= 2
                 and tuple(out.shape[:-1]) == tuple(target.shape)):
-            correct, predictions = (out.argmax(-1) == target).sum().to(out.dtype), target.numel()
-        return LossValue(self._mean(out, target) * n, n, correct, predictions)
+            correct = (out.argmax(-1) == target).sum().to(out.dtype)
+            predictions = (target != self.ignore_index).sum() if isinstance(self.ignore_index, int) else target.numel()
+        return LossValue(total, n, correct, predictions)
 
     def _mean(self, out: torch.Tensor, target: Any, explain: bool = True) -> torch.Tensor:
         try:
             loss = self.criterion(out, target)
+        except torch.OutOfMemoryError:
+            raise
+        except RuntimeError as e:  # shapes the criterion cannot score
+            if not explain or not isinstance(target, torch.Tensor):
+                raise
+            first = str(e).splitlines()[0] if str(e) else ""
+            hint = (" (language-model logits: loss=\"language_model\", or a loss_fn(model, batch))"
+                    if out.dim() == 3 and out.shape[:2] == target.shape else "")
+            raise LossError(f"criterion {self.name} failed on output {tuple(out.shape)} against target "
+                            f"{tuple(target.shape)}: {first}{hint}") from e
         except (TypeError, IndexError, KeyError, AttributeError) as e:  # often a loss_fn(model, batch) misread
             if not explain:
                 raise
@@ -215,9 +280,7 @@ class Criterion(Loss):
         return self._forward(model, batch)[0]
 
     def output_total(self, out: torch.Tensor, batch: Any) -> tuple[torch.Tensor, float]:
-        target = self.split(batch)[1]
-        n = _rows(target)
-        return self._mean(out, target) * n, n
+        return self._total(out, self.split(batch)[1])
 
     def per_sample(self, model: nn.Module, batch: Any) -> torch.Tensor:
         out, target = self._forward(model, batch)
@@ -259,7 +322,7 @@ class BatchLoss(Loss):
             what = type(total).__name__ if not isinstance(total, torch.Tensor) else f"shape {tuple(total.shape)}"
             raise LossError(f"loss_fn {self.name}: the sum of losses must be a scalar tensor (or a 1-D tensor of "
                             f"per-sample losses), got {what}")
-        if not isinstance(count, (int, float, torch.Tensor)) or isinstance(count, bool) or (
+        if not isinstance(count, (numbers.Real, torch.Tensor)) or isinstance(count, bool) or (
                 isinstance(count, torch.Tensor) and count.numel() != 1):
             raise LossError(f"loss_fn {self.name}: the count must be a number, got {type(count).__name__}")
         return total, count, got[2] if len(got) == 3 else None
@@ -282,11 +345,12 @@ class BatchLoss(Loss):
 
 
 def _rows(target: Any) -> int:
+    """Rows of a target: its leading dimension, or that of the first tensor in a tuple or dict of them."""
     if isinstance(target, torch.Tensor):
         return int(target.shape[0]) if target.dim() > 0 else 1
     try:
-        return len(target)
-    except TypeError:
+        return num_rows(target)
+    except ValueError:
         return 1
 
 

@@ -50,24 +50,29 @@ def supported(obj: Any) -> bool:
 
 class Written:
     """Context manager: ``write(w)`` puts flat vector ``w`` into the selected parameters in place; the
-    original values come back bit-exactly on exit."""
+    original values come back bit-exactly on exit, and so do the module's buffers (a forward that updates one
+    in place). Written through ``.data``, so the autograd version counters do not move (a graph the caller built
+    before still backpropagates, through the same values)."""
 
     def __init__(self, obj: Any) -> None:
         named = dict(obj.model.named_parameters())
-        self.params = [named[n] for n in obj.names]
+        self.params = [named[n].data for n in obj.names]
+        self.buffers = [b.data for b in obj.model.buffers()]
         self.obj = obj
 
     def __enter__(self) -> "Written":
-        self.saved = [p.detach().clone() for p in self.params]
+        self.saved = [t.clone() for t in self.params + self.buffers]
+        self.fastpath = torch.backends.mha.get_fastpath_enabled()  # see core.exact_attention
+        torch.backends.mha.set_fastpath_enabled(False)
         return self
 
     def write(self, w: torch.Tensor) -> None:
-        with torch.no_grad():
-            torch._foreach_copy_(self.params, [t.view_as(p) for t, p in zip(w.split(self.obj.sizes), self.params)])
+        torch._foreach_copy_(self.params, [t.view_as(p) for t, p in zip(w.split(self.obj.sizes), self.params)])
 
     def __exit__(self, *exc: Any) -> None:
-        with torch.no_grad():
-            torch._foreach_copy_(self.params, self.saved)
+        torch._foreach_copy_(self.params + self.buffers, self.saved)
+        torch.backends.mha.set_fastpath_enabled(self.fastpath)
+        self.obj.restore_attributes()
 
 
 def _bias_free(m: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

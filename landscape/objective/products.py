@@ -59,8 +59,16 @@ def gradient_graph(obj: Any, batch: Any, index: int = 0, w: torch.Tensor | None 
     leaf = (obj.w0 if w is None else w).detach().requires_grad_(True)
     with torch.enable_grad(), second_order(), rerouted(obj._reroutes):
         v = obj.value(leaf, batch, index)
-        (g,) = torch.autograd.grad(v.total, leaf, create_graph=True, allow_unused=True, materialize_grads=True)
+        g = gradient(v.total, leaf, create_graph=True)
     return leaf, g, v.count
+
+
+def gradient(total: torch.Tensor, leaf: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
+    """``d total / d leaf``; zero where ``total`` does not depend on ``leaf`` (parameters the loss never uses)."""
+    if not total.requires_grad:
+        return torch.zeros_like(leaf)
+    (g,) = torch.autograd.grad(total, leaf, create_graph=create_graph, allow_unused=True, materialize_grads=True)
+    return g
 
 
 def graph_stats(out: torch.Tensor) -> tuple[int, int]:
@@ -126,6 +134,8 @@ def ggn(obj: Any, w: torch.Tensor, batch: Any, V: torch.Tensor) -> tuple[torch.T
     with torch.enable_grad(), second_order(), rerouted(obj._reroutes):
         out = obj.call(obj.loss_spec.output, leaf, batch)
         total, count = obj.loss_spec.output_total(out, batch)
+        if not out.requires_grad:  # the output does not depend on the chosen parameters: J = 0
+            return torch.zeros_like(V), count
         (g_out,) = torch.autograd.grad(total, out, create_graph=True)
         u = torch.zeros_like(out, requires_grad=True)
         (jtu,) = torch.autograd.grad(out, leaf, u, create_graph=True)
@@ -142,6 +152,8 @@ def fisher(obj: Any, w: torch.Tensor, batch: Any, V: torch.Tensor) -> tuple[torc
     leaf = w.detach().requires_grad_(True)
     with torch.enable_grad(), second_order(), rerouted(obj._reroutes):
         losses = obj.call(obj.loss_spec.per_sample, leaf, batch)
+        if not losses.requires_grad:
+            return torch.zeros_like(V), len(losses)
         u = torch.zeros_like(losses, requires_grad=True)
         (jtu,) = torch.autograd.grad(losses, leaf, u, create_graph=True)
         return torch.stack([grad_of(losses, leaf, grad_of(jtu, u, v, retain=True), retain=True) for v in V]), \
@@ -149,4 +161,4 @@ def fisher(obj: Any, w: torch.Tensor, batch: Any, V: torch.Tensor) -> tuple[torc
 
 
 __all__ = ["batched_grad", "fisher", "ggn", "grad_of", "grad_of_rows", "gradient_graph", "graph_bytes", "graph_stats",
-           "hvp_forward", "hvp_reverse", "second_order"]
+           "gradient", "hvp_forward", "hvp_reverse", "second_order"]

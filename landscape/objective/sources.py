@@ -45,8 +45,10 @@ class TensorSource:
     def __init__(self, data: Any, batch_size: int, device: torch.device, dtype: torch.dtype | None,
                  shard: bool = True) -> None:
         rows = num_rows(data)
+        if rows == 0:
+            raise DataError("the data has no rows")
         for t in tensors(data):
-            if t.dim() == 0 or t.shape[0] != rows:
+            if t.dim() > 0 and t.shape[0] != rows:  # 0-d: shared by every row
                 raise DataError(f"in-memory data tensors must share their number of rows: {rows} and "
                                 f"{t.shape[0] if t.dim() else 0} (shape {tuple(t.shape)})")
         if shard and world_size() > 1:
@@ -203,7 +205,8 @@ def _device_of(data: Any) -> torch.device:
 
 def is_in_memory(data: Any) -> bool:
     """Whether ``data`` is a batch structure of tensors (one in-memory split) rather than a re-iterable of
-    batches: a tensor, or a tuple/dict whose leaves are all tensors of one row count."""
+    batches: a tensor, or a tuple/dict whose leaves are all tensors of one row count (or 0-d, shared); a
+    :class:`DataError` for a pair ``(inputs, target)`` whose row counts differ."""
     from collections.abc import Mapping
 
     if isinstance(data, torch.Tensor):
@@ -214,9 +217,13 @@ def is_in_memory(data: Any) -> bool:
         values = list(data)
     else:
         return False
-    if not values or not all(isinstance(v, torch.Tensor) and v.dim() > 0 for v in values):
+    if not values or not all(isinstance(v, torch.Tensor) for v in values):
         return False
-    return len({int(v.shape[0]) for v in values}) == 1
+    rows = {int(v.shape[0]) for v in values if v.dim() > 0}  # 0-d tensors are shared by every row
+    if len(rows) > 1 and isinstance(data, tuple) and len(values) == 2:
+        raise DataError(f"(inputs, target) tensors with {values[0].shape[0]} and {values[1].shape[0]} rows: "
+                        "in-memory data needs one row count (batches: pass a list of them)")
+    return len(rows) == 1
 
 
 __all__ = ["DataError", "StreamSource", "TensorSource", "is_in_memory", "subset_indices"]

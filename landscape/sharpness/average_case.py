@@ -95,6 +95,8 @@ def average_sharpness(
     geometry = geometry or Geometry()
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
+    if rho <= 0:
+        raise ValueError(f"rho must be > 0, got {rho}")
     settings = dict(rho=float(rho), samples=samples, distribution=distribution, geometry=geometry.to_dict(), seed=seed)
     work = Cost(objective)
     if batch_size is None:
