@@ -93,7 +93,7 @@ class AESAM(FamilyState, SAM):
                      "sam_step": float(use_sam)}
         if use_sam:
             self.sam_steps += 1
-            self.first_step()
+            self.first_step(zero_grad=False)
             with torch.enable_grad():
                 closure(update_bn=False)
             self.restore()

@@ -45,6 +45,41 @@ def preset(cls: type, name: str, doc: str, **defaults: Any) -> type:
     return type(name, (cls,), {"__init__": __init__, "__doc__": doc, "__module__": module})
 
 
+CLOSURE_KEYWORDS = ("sync", "update_bn")
+"""What a method tells its closure per pass: ``sync`` (all-reduce this pass's gradient under DDP) and
+``update_bn`` (``False`` on the perturbed passes: BatchNorm statistics move once per step)."""
+
+
+class _Keywords:
+    """A closure of the user's that takes none (or some) of :data:`CLOSURE_KEYWORDS`: called without the
+    others; its attributes are the closure's own."""
+
+    def __init__(self, closure: Callable[..., torch.Tensor], accepted: frozenset[str]) -> None:
+        self.closure, self.accepted = closure, accepted
+
+    def __call__(self, **kwargs: Any) -> torch.Tensor:
+        return self.closure(**{k: v for k, v in kwargs.items() if k in self.accepted})
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.closure, name)
+
+
+def keyword_closure(closure: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """``closure`` itself if it takes ``sync`` and ``update_bn`` (or ``**kwargs``), else a wrapper that drops the
+    keywords it does not take. Such a closure (``def closure(): opt.zero_grad(); loss = ...; loss.backward();
+    return loss``) runs every pass with BatchNorm in its current mode, so its statistics move on the perturbed
+    passes too, as in the reference SAM code; take ``update_bn`` and wrap the forward in
+    ``optimizers.closure.frozen_bn_stats(model)`` when it is False (or use ``StepClosure``) to move them once."""
+    try:
+        params = inspect.signature(closure).parameters
+    except (TypeError, ValueError):
+        return closure
+    if any(q.kind is inspect.Parameter.VAR_KEYWORD for q in params.values()):
+        return closure
+    accepted = frozenset(k for k in CLOSURE_KEYWORDS if k in params)
+    return closure if len(accepted) == len(CLOSURE_KEYWORDS) else _Keywords(closure, accepted)
+
+
 class ClosureOptimizer(Optimizer):
     """Base of every training optimizer; on its own it is empirical-risk minimization."""
 
@@ -61,6 +96,8 @@ class ClosureOptimizer(Optimizer):
         self.base_name = base
         self.base = make_base(base, self.param_groups, **(base_kwargs or {}))
         self.param_groups = self.base.param_groups
+        # the base's defaults too (lr, momentum or betas): schedulers read them (OneCycleLR's cycle_momentum)
+        self.defaults = {**self.base.defaults, **defaults}
         self.max_grad_norm = max_grad_norm
         self.scaler: torch.amp.GradScaler | None = None
         self._skipped = 0  # steps skipped, as read on the host
@@ -68,6 +105,15 @@ class ClosureOptimizer(Optimizer):
         self.last_skip: torch.Tensor | int = 0  # whether the last update was skipped (a device flag under fp16)
         self.epoch = 0  # set by the trainer (set_epoch) at the start of every epoch
         self._grad_norm: torch.Tensor | None = None
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """A new group with this method's defaults (``rho``, ...) and the base optimizer's (``lr``, ...)."""
+        if not hasattr(self, "base"):  # Optimizer.__init__ adding the first groups
+            super().add_param_group(param_group)
+            return
+        for key, value in self.defaults.items():
+            param_group.setdefault(key, value)
+        self.base.add_param_group(param_group)
 
     # -- the step -----------------------------------------------------------------------
     def compute_gradients(self, closure: Callable[..., torch.Tensor]) -> torch.Tensor:
@@ -79,6 +125,7 @@ class ClosureOptimizer(Optimizer):
     def step(self, closure: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:  # type: ignore[override]
         if closure is None:
             raise RuntimeError(f"{type(self).__name__}.step needs a closure")
+        closure = keyword_closure(closure)
         loss = self.compute_gradients(closure)
         self.update_weights()
         sync_buffers = getattr(closure, "sync_buffers", None)  # BatchNorm statistics: rank 0's on every replica

@@ -110,6 +110,7 @@ class StepClosure:
         self.y: torch.Tensor | None = None
         self.calls = 0  # forward+backward passes since the last set_batch
         self.buffers_moved = False  # a pass updated BatchNorm statistics since the last sync_buffers
+        self.unused: list[torch.Tensor] = []  # parameters the last gradient_and_hvp's loss did not reach
         self._exact_hvp = reroutes(model) & {"weight_norm"}  # PyTorch's weight-norm double backward is wrong
 
     @property
@@ -248,6 +249,7 @@ class StepClosure:
             with torch.enable_grad():
                 scaled = self.scaler.scale(loss) if self.scaler is not None else loss
                 g = torch.autograd.grad(scaled, params, create_graph=create_graph, allow_unused=True)
+            used.update(id(p) for p, t in zip(params, g) if t is not None)
             return loss.detach(), [torch.zeros_like(p) if t is None else t for p, t in zip(params, g)]
 
         def hvp_of(g: list[torch.Tensor], v: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -262,6 +264,7 @@ class StepClosure:
                 return ts
             return list(torch._foreach_div(ts, self.scaler._scale.reshape(()).to(ts[0].device))) if ts else ts
 
+        used: set[int] = set()
         g_sum = [torch.zeros_like(p) for p in params]
         hv_sum = [torch.zeros_like(p) for p in params]
         bn = contextlib.nullcontext() if update_bn else frozen_bn_stats(self.model)
@@ -285,4 +288,5 @@ class StepClosure:
                         vectors = vectors(unscaled([t.detach() for t in g]))
                     torch._foreach_add_(g_sum, [t.detach() for t in g])
                     torch._foreach_add_(hv_sum, hvp_of(g, vectors))
+        self.unused = [p for p in params if id(p) not in used]  # the loss did not reach them (their g is 0)
         return loss_sum, unscaled(g_sum), unscaled(hv_sum)

@@ -98,7 +98,7 @@ class ESAM(FamilyState, SAM):
         before = closure.per_sample_losses() if sds else None  # type: ignore[attr-defined]
         with torch.enable_grad():
             loss = closure(sync=self.sync_perturbation)
-        self.first_step()
+        self.first_step(zero_grad=False)
         try:
             if sds:
                 sharpness = closure.per_sample_losses() - before  # type: ignore[attr-defined]

@@ -156,7 +156,8 @@ class GASAM(SAM):
         scaling = self.scaling(params, grads)  # T from g_0, once per step (Algo. 1 line 2)
         origin = copy_of(params)
         self._saved = (params, origin)
-        mean = None if self.single_step else grads  # the running mean starts as g_0 itself (no copy)
+        # the running mean starts as a copy of g_0 (a closure zeroing p.grad in place must not reach it)
+        mean = None if self.single_step else [g.clone() for g in grads]
         a: list[torch.Tensor] = []
         eta, rho = self.eta_step(), self.radius()
         for k in range(1, self.ascent_steps + 1):

@@ -90,6 +90,7 @@ class GNR(FamilyState, SAM):
         self.fraction = float(gnr_fraction)
         self._init_family()
         self.last_gnr_step = False
+        self._unused: set[int] = set()  # ids of the parameters this step's loss did not reach
 
     # -- which steps ----------------------------------------------------------------------
     def is_gnr_step(self, t: int) -> bool:
@@ -107,8 +108,8 @@ class GNR(FamilyState, SAM):
 
     def _grads(self, params: list[torch.Tensor], scale: torch.Tensor | None) -> list[torch.Tensor]:
         """Unscaled gradients of the last closure pass (zeros for a parameter without one)."""
-        out = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
-        return list(torch._foreach_div(out, scale)) if scale is not None else out
+        out = [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in params]  # a closure may zero
+        return list(torch._foreach_div(out, scale)) if scale is not None else out  # p.grad in place
 
     def _ascent(self, params: list[torch.Tensor], direction: list[torch.Tensor], radius: float) -> list[torch.Tensor]:
         return self.geometry.ascent(direction, self.scaling(params, direction), radius)
@@ -141,8 +142,8 @@ class GNR(FamilyState, SAM):
         final = list(torch._foreach_add(h_loss, h_norm, alpha=self.alpha))
         if scale is not None:  # the wrapper's update_weights unscales (and checks for inf) once
             torch._foreach_mul_(final, scale)
-        for p, f in zip(params, final):
-            p.grad = f.detach().to(p.dtype)
+        for p, f in zip(params, final):  # a parameter the loss did not use this step is not updated
+            p.grad = None if id(p) in self._unused else f.detach().to(p.dtype)
         self.all_reduce_grads(closure)  # the update, once
         return loss
 
@@ -151,6 +152,7 @@ class GNR(FamilyState, SAM):
             raise TypeError("GNR with hvp='exact' needs a StepClosure (gradient_and_hvp); "
                             "use hvp='forward' or 'central' with a plain closure")
         loss, g, f = closure.gradient_and_hvp(unit, params=params, update_bn=True)  # f = H g / ||g||
+        self._unused = {id(p) for p in getattr(closure, "unused", ())}
         with torch.no_grad():
             self._place(params, origin, self._ascent(params, f, self.rho))  # w_adv = w + rho f / ||f||
         _, _, hn = closure.gradient_and_hvp(unit, params=params, update_bn=False)  # H_adv g_adv / ||g_adv||
@@ -178,6 +180,7 @@ class GNR(FamilyState, SAM):
                            scale: torch.Tensor | None):
         with torch.enable_grad():
             loss = closure(sync=False)
+        self._unused = {id(p) for p in params if p.grad is None}
         g = self._grads(params, scale)
         f = self._fd_hvp(closure, params, origin, [], g, scale)
         with torch.no_grad():

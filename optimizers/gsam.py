@@ -89,21 +89,24 @@ class GSAM(SAM):
         self._lr0 = float(self.param_groups[0]["lr"])
         # Transient, between first_step and the decomposition: the first-pass gradient g (unscaled).
         self._g: list[torch.Tensor] | None = None
+        self._g_params: list[torch.Tensor] = []  # the parameters g belongs to
 
     # -- the radius -----------------------------------------------------------------------
     def lr_range(self) -> tuple[float, float]:
         """``(lr_max, lr_min)`` of the schedule the radius follows (see the module docstring)."""
-        group = self.param_groups[0]
-        lr_max = float(group.get("base_lr", group.get("initial_lr", self._lr0)))
+        group = self.param_groups[0]  # OneCycleLR's peak is max_lr (its initial_lr is max_lr / div_factor)
+        lr_max = float(group.get("base_lr", group.get("max_lr", group.get("initial_lr", self._lr0))))
         return lr_max, lr_max * float(group.get("min_lr_factor", 0.0))
 
     def radius(self) -> float:
-        """``rho_t = rho_min + (rho_max - rho_min) (lr - lr_min) / (lr_max - lr_min)`` (Algo. 1 step 0)."""
+        """``rho_t = rho_min + (rho_max - rho_min) (lr - lr_min) / (lr_max - lr_min)`` (Algo. 1 step 0), within
+        ``[0, rho_max]`` (an lr above the schedule's peak, set by hand or by a scheduler, does not raise it)."""
         lr = float(self.param_groups[0]["lr"])
         lr_max, lr_min = self.lr_range()
         if not lr_max > lr_min:
             return self.rho_max
-        return max(0.0, self.rho_min + (self.rho_max - self.rho_min) * (lr - lr_min) / (lr_max - lr_min))
+        rho = self.rho_min + (self.rho_max - self.rho_min) * (lr - lr_min) / (lr_max - lr_min)
+        return min(self.rho_max, max(0.0, rho))
 
     def perturbation(self, params: list[torch.Tensor], grads: list[torch.Tensor]) -> list[torch.Tensor]:
         """``rho_t T^2 g / (||T g|| + eps)`` (p = 2; Algo. 1 step 1a), ``rho_t T sgn(g)`` (p = inf)."""
@@ -117,7 +120,7 @@ class GSAM(SAM):
         per_replica = not self.sync_perturbation and self.alpha != 0.0
         with torch.enable_grad():
             loss = closure(sync=self.sync_perturbation)
-        self.first_step()
+        self.first_step(zero_grad=False)
         with torch.enable_grad():
             closure(sync=not per_replica, update_bn=False)
         self.restore()
@@ -127,27 +130,34 @@ class GSAM(SAM):
         return loss
 
     @torch.no_grad()
-    def first_step(self, zero_grad: bool = False) -> None:
+    def first_step(self, zero_grad: bool = True) -> None:
         """``w <- w + e``; keeps ``g`` (the gradient tensors themselves, no copy) for the decomposition
-        and detaches them from ``p.grad`` so that the next backward cannot accumulate into them."""
+        and detaches them from ``p.grad`` so that the next backward cannot accumulate into them (whatever
+        ``zero_grad``)."""
         params = self.params_with_grad()
         super().first_step(zero_grad=False)
         self._g = [p.grad for p in params]
+        self._g_params = params
         for p in params:
             p.grad = None
 
     @torch.no_grad()
     def decompose(self) -> None:
         """``p.grad <- g_p - alpha g_perp`` with ``g_perp = g - (g.g_p / ||g_p||^2) g_p`` (Algo. 1 steps 3-4)."""
-        g, self._g = self._g, None
+        (g, self._g), (g_params, self._g_params) = (self._g, None), (self._g_params, [])
         if g is None:
             raise RuntimeError("decompose() without a preceding first_step()")
         if self.alpha == 0.0:
             return
-        params = self.params_with_grad()
+        # by parameter, not position: a pass may leave some without a gradient (stochastic depth, routing);
+        # a missing g or g_p is zero
+        first = {id(p): gi for p, gi in zip(g_params, g)}
+        params = list(g_params) + [p for p in self.params_with_grad() if id(p) not in first]
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
         gp = [p.grad for p in params]
-        if len(gp) != len(g):
-            raise RuntimeError("the second pass produced gradients for other parameters than the first")
+        g = [first[id(p)] if id(p) in first else torch.zeros_like(p) for p in params]
         gp_sq = _acc(torch.stack(torch._foreach_norm(gp))).square().sum()
         c = _dot(g, gp) / gp_sq.clamp_min(_TINY)  # scale invariant in g_p
         scale = self.loss_scale()

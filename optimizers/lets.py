@@ -139,6 +139,9 @@ class LETSSAM(FamilyState, SAM):
     # -- upper level: the radius ----------------------------------------------------------------
     @torch.no_grad()
     def step(self, closure: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:  # type: ignore[override]
+        if closure is not None and not hasattr(closure, "validation"):
+            raise TypeError(f"{type(self).__name__} learns its radius on a validation batch: it needs a StepClosure "
+                            "with set_validation_batch (closure.validation())")
         loss = super().step(closure)  # the lower level: a SAM step with rho = exp(beta)
         self.hyper_step(closure)  # leaves beta alone if an overflow skipped the update (no w+ to learn from)
         return loss

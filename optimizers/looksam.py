@@ -85,8 +85,8 @@ class LookSAM(FamilyState, SAM):
 
     def _sam_step(self, closure: Callable[..., torch.Tensor]) -> None:
         params = self.params_with_grad()
-        self.first_step()  # unscales g in place
-        g = [p.grad for p in params]  # references; the next pass allocates new gradients
+        self.first_step(zero_grad=False)  # unscales g in place
+        g = [p.grad.clone() for p in params]  # copies: a closure may zero p.grad in place
         with torch.enable_grad():
             closure(update_bn=False)
         with torch.no_grad():

@@ -116,7 +116,7 @@ class SAM(ClosureOptimizer):
     def compute_gradients(self, closure: Callable[..., torch.Tensor]) -> torch.Tensor:
         with torch.enable_grad():
             loss = closure(sync=self.sync_perturbation)
-        self.first_step()
+        self.first_step(zero_grad=False)  # the closure zeroes the gradients itself
         with torch.enable_grad():
             closure(update_bn=False)
         self.restore()
@@ -147,8 +147,9 @@ class SAM(ClosureOptimizer):
         return self.geometry.ascent(grads, self.scaling(params, grads), self.radius())
 
     @torch.no_grad()
-    def first_step(self, zero_grad: bool = False) -> None:
-        """``w <- w + e(w, g)`` with ``g`` the gradient now in ``p.grad``."""
+    def first_step(self, zero_grad: bool = True) -> None:
+        """``w <- w + e(w, g)`` with ``g`` the gradient now in ``p.grad``; ``zero_grad``: then clear ``p.grad``, so
+        that the manual API's second backward gives the gradient at ``w + e`` alone."""
         params = self.params_with_grad()
         grads = self.unscaled_grads(params)
         e = self.perturbation(params, grads)
@@ -190,7 +191,7 @@ class SAM(ClosureOptimizer):
     def unscaled_grads(self, params: list[torch.Tensor]) -> list[torch.Tensor]:
         """``p.grad`` of ``params``, divided in place by the fp16 loss scale (with inf/NaN detection:
         an overflow in any pass before the final one skips the step, see :meth:`restore`)."""
-        grads = [p.grad for p in params]
+        grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]  # none this pass: zeros
         scale = self.loss_scale()  # the live scale tensor (no host sync)
         if scale is not None and grads:
             if self._first_inf is None:  # one flag for every pass of the step
