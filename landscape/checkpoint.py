@@ -176,7 +176,7 @@ def load_failure(path: Path, e: BaseException) -> str:
         return "not a PyTorch checkpoint (neither a torch.save zip archive nor a pickle)"
     text = " ".join(str(e).split())
     if isinstance(e, pickle.UnpicklingError):
-        blocked = re.search(r"(?:GLOBAL|global:?) ([\w.]+)", text)
+        blocked = re.search(r"(?:GLOBAL|global:?) (?!GLOBAL\b)([\w.]+)", text)
         if blocked:
             return (f"refused to load: the file asks to import {blocked.group(1)}; only plain-tensor checkpoints "
                     "are loaded, and no code from a file is ever run")
@@ -420,7 +420,9 @@ def check_compatible(model: nn.Module, data: Any, where: str = "") -> None:
     stream of batches is checked by its loss on the first batch instead.)"""
     if getattr(data, "streaming", False):
         return
-    x = data.x_test[:2]
+    x = data.x_test if getattr(data, "x_test", None) is not None and len(data.x_test) else data.x_train
+    first = next(iter(model.parameters()), None)
+    x = x[:2].to(first.device) if first is not None else x[:2]
     was_training = model.training
     model.eval()
     try:

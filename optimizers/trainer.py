@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 
 from landscape import distributed as D
-from landscape.checkpoint import Checkpoint, CheckpointError, load_state_dict_strict, versions
+from landscape.checkpoint import Checkpoint, CheckpointError, check_compatible, load_state_dict_strict, versions
 from landscape.data import DataBundle, get_dataset
 from landscape.data.loader import BatchLoader
 from landscape.evaluation import evaluate
@@ -102,6 +102,7 @@ class Trainer:
         self.model_kwargs = resolve_model_kwargs(c, self.data)
         torch.manual_seed(c.seed)
         self.model: nn.Module = build_model(c.model, **self.model_kwargs).to(self.device)
+        check_compatible(self.model, self.data, f"--model {c.model} on --data {c.data}: ")  # one line, before step 1
         # A separate stream for dropout etc., different on each rank.
         torch.manual_seed(c.seed * 7919 + 104729 * (D.rank() + 1))
         forward_model: nn.Module = self.model

@@ -45,3 +45,21 @@ def tiny_mlp(input_shape: list[int] = (5,), num_outputs: int = 3, hidden: int = 
         layers.append(_Slow(delay))
     layers.append(nn.Linear(hidden, num_outputs))
     return nn.Sequential(*layers)
+
+
+def blob_loaders(targets: str = "classes") -> dict:
+    """``{"train": DataLoader, "test": DataLoader}`` of :func:`blobs` (a user's data pipeline): ``targets`` =
+    ``classes``, ``regression`` (float ``(N, 1)``) or ``out_of_range`` (a label the 3-way model cannot have)."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    d = blobs()
+
+    def loader(x: torch.Tensor, y: torch.Tensor) -> DataLoader:
+        if targets == "regression":
+            y = y.float()[:, None]
+        elif targets == "out_of_range":
+            y = y.clone()
+            y[0] = 7
+        return DataLoader(TensorDataset(x, y), batch_size=32)
+
+    return {"train": loader(d.x_train, d.y_train), "test": loader(d.x_test, d.y_test)}

@@ -13,6 +13,7 @@ import torch.nn as nn
 from landscape.landscapes.directions import random_directions
 from landscape.landscapes.surface import axis, compute_surface, grid_points
 from landscape.objective import Objective, pointwise
+from landscape.objective.loss import LossError
 from tests.curvature_helpers import assert_unchanged, snapshot
 
 
@@ -213,7 +214,7 @@ def test_restored_after_an_error():
     obj = Objective(model, x, y, loss=loss_fn, batch_size=7)
     W, pl, _ = plane(obj)
     before = snapshot(model)
-    with pytest.raises(RuntimeError, match="boom"):
+    with pytest.raises(LossError, match="RuntimeError: boom"):  # the first pass: a one-line error, batch named
         obj.evaluate_many(W, chunk_size=1, plane=pl)
     assert_unchanged(model, before)
     assert not any("forward" in m.__dict__ for m in model.modules())

@@ -67,7 +67,10 @@ def loss_from_args(args: argparse.Namespace) -> Any:
     from landscape.entrypoints import load_entry_point
     from landscape.objective.loss import as_loss
 
-    fn = load_entry_point(spec)
-    if inspect.isclass(fn) and issubclass(fn, nn.Module):
-        fn = fn()
-    return as_loss(fn)
+    try:
+        fn = load_entry_point(spec)
+        if inspect.isclass(fn) and issubclass(fn, nn.Module):
+            fn = fn()
+        return as_loss(fn)
+    except TypeError as e:  # not callable, a module that needs arguments, ...
+        raise ValueError(f"--loss {spec}: {' '.join(str(e).split())}") from e

@@ -56,7 +56,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     A.add_evaluation_args(p)
     A.add_output_args(p)
     g = p.add_argument_group("plots")
-    g.add_argument("--metric", default="train_loss", help="what the 2-D plots show [default: train_loss]")
+    g.add_argument("--metric", default=None, help="what the 2-D plots show [default: the first split's loss]")
     g.add_argument("--levels", type=int, default=30, help="contour levels [default: 30]")
     g.add_argument("--vmax", type=float, default=None, help="clip the shared colour scale at this value")
     g.add_argument("--title", default=None, help="title over the side-by-side plot [default: the metric]")
@@ -99,10 +99,12 @@ def open_all(args: argparse.Namespace) -> list[Opened]:
         if other:
             raise ValueError(f"{o.ckpt.path} holds another architecture than {first.path} ({other}); compare "
                              "needs checkpoints of the same model")
+    if args.labels is not None and len({_safe(name) for name in args.labels}) < len(args.labels):
+        raise ValueError(f"--labels {' '.join(args.labels)}: two of them give the same file name")
     labels = args.labels or [o.ckpt.optimizer.get("name") or Path(o.ckpt.path).stem for o in opened]
     if len(set(labels)) < len(labels):
         labels = [Path(o.ckpt.path).stem for o in opened]
-    if len(set(labels)) < len(labels):
+    if len({_safe(name) for name in labels}) < len(labels):  # unique as file names too
         labels = [f"{i}-{name}" for i, name in enumerate(labels)]
     for o, label in zip(opened, labels):
         o.label = label
@@ -174,7 +176,7 @@ def landscape_section(args: argparse.Namespace, opened: list[Opened], stem: str,
             train = next(iter(objs.values()))
             name = f"{a.label} → {b.label}"
             sub = f"{stem}.interp-{_safe(a.label)}-{_safe(b.label)}"
-            vb, sb = checkpoint_vector(train, b.ckpt.path)
+            vb, sb = checkpoint_vector(train, b.ckpt.path, getattr(args, "strip_prefix", None))
             dirs = interpolation_direction(train, vb, source=sb)
             s = compute_surface(objs, dirs, [t], bn=args.bn, bn_source=objs.get("train"),
                                 chunk_size=A.chunk_size(args), path=f"{sub}.npz", resume=not args.restart,
@@ -190,6 +192,7 @@ def landscape_section(args: argparse.Namespace, opened: list[Opened], stem: str,
         from landscape.landscapes.plots import plot_interpolation, plot_side_by_side
 
         labels = [o.label for o in opened]
+        args.metric = args.metric or f"{args.split[0]}_loss"
         drawn.surfaces[0][args.metric]  # a one-line error for an unknown metric
         section["files"] += map(str, plot_side_by_side(drawn.surfaces, labels, stem, args.format, metric=args.metric,
                                                        log=args.log, levels=args.levels, vmax=args.vmax,

@@ -53,10 +53,10 @@ def add_evaluation_args(p: argparse.ArgumentParser, splits: bool = True) -> None
 def add_direction_args(p: argparse.ArgumentParser, dims: int) -> None:
     g = p.add_argument_group("directions")
     kinds = ["random", "eigen", "pca", "interp"] if dims == 1 else ["random", "eigen", "pca", "plane"]
-    g.add_argument("--directions", choices=kinds, default="random" if dims == 2 else None,
+    g.add_argument("--directions", choices=kinds, default=None,
                    help="random (Gaussian, normalized), eigen (top Hessian eigenvectors), pca (of a training "
                         "trajectory), " + ("interp (towards --to)" if dims == 1 else "plane (through --through B C)")
-                        + " [default: " + ("interp with --to, else random" if dims == 1 else "random") + "]")
+                        + f" [default: {'interp with --to' if dims == 1 else 'plane with --through'}, else random]")
     g.add_argument("--norm", choices=["filter", "layer", "model", "none"], default=None,
                    help="normalization of random/eigen directions [default: filter for random, none for eigen]")
     g.add_argument("--bias-bn", choices=["zero", "include", "copy"], default=None,
@@ -77,7 +77,7 @@ def add_output_args(p: argparse.ArgumentParser, html: bool = True) -> None:
     g = p.add_argument_group("output")
     g.add_argument("--out", default=None, metavar="STEM",
                    help="output stem: writes STEM.npz (values + metadata), STEM.directions.pt, plots STEM*.png "
-                        "and STEM.html [default: next to the checkpoint]")
+                        + ("and STEM.html" if html else "and STEM.json") + " [default: next to the checkpoint]")
     g.add_argument("--format", nargs="+", choices=["png", "pdf", "svg"], default=["png"],
                    help="static plot formats [default: png]")
     if html:
@@ -225,17 +225,17 @@ def make_directions(args: argparse.Namespace, obj: Any, dims: int, progress: boo
     if kind == "pca":
         t = args.trajectory or [default_stem(args.checkpoint, "trajectory")]
         files = Dm.trajectory_files(t[0] if len(t) == 1 and Path(t[0]).is_dir() else t)
-        loaded = [Dm.checkpoint_vector(obj, f) for f in files]
+        loaded = [Dm.checkpoint_vector(obj, f, getattr(args, "strip_prefix", None)) for f in files]
         return Dm.pca_directions(obj, [v for v, _ in loaded], dims, sources=[s for _, s in loaded])
     if kind == "plane":
         if not args.through:
             raise ValueError("--directions plane needs --through B.pt C.pt")
-        (vb, sb), (vc, sc) = (Dm.checkpoint_vector(obj, f) for f in args.through)
+        (vb, sb), (vc, sc) = (Dm.checkpoint_vector(obj, f, getattr(args, "strip_prefix", None)) for f in args.through)
         return Dm.plane_directions(obj, vb, vc, sources=[{"label": "ckpt"}, sb, sc])
     if kind == "interp":
         if not args.to:
             raise ValueError("--directions interp needs --to B.pt")
-        vb, sb = Dm.checkpoint_vector(obj, args.to)
+        vb, sb = Dm.checkpoint_vector(obj, args.to, getattr(args, "strip_prefix", None))
         return Dm.interpolation_direction(obj, vb, source=sb)
     raise ValueError(f"unknown directions {kind!r}")
 

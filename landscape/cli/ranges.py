@@ -58,7 +58,7 @@ SEED = Range(0, hi=2**32, hi_open=True)
 RANGES: dict[str, Range] = {
     # counts that must be at least one
     **{k: AT_LEAST_ONE for k in (
-        "batch_size", "subset", "threads", "workers", "epochs", "max_iter", "density_runs", "density_steps",
+        "batch_size", "subset", "workers", "epochs", "max_iter", "density_runs", "density_steps",
         "grad_batch_size", "sharpness_batch_size", "sharpness_max_batches", "gnr_steps", "gap_steps", "extrema_steps",
         "pac_bayes_samples", "pac_bayes_iterations", "per_unit", "levels", "trace_rank")},
     # grid points: a curve or a surface needs two along each axis (0: none, where the help says so)
@@ -71,6 +71,7 @@ RANGES: dict[str, Range] = {
         "tol", "eig_tol", "density_sigma", "extrema_step", "finetune_lr", "sharpness_step_size", "gnr_step_size",
         "landscape_range", "pac_bayes_tol", "pac_bayes_eps")},
     **{k: NONNEGATIVE for k in ("trace_rtol", "sharpness_eta", "adaptive_eta", "corruption_eta")},
+    "threads": NONNEGATIVE,  # 0: torch's default (one per core); demo and study check their own (>= 1)
     "finetune_momentum": Range(0.0, hi=1.0, hi_open=True),
     "min_train_acc": FRACTION,
     "pac_bayes_deviation": Range(0.0, lo_open=True, hi=1.0),

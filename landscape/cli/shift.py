@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
 
     def make():
         if args.finetuned:
-            w_star, source = checkpoint_vector(objs["test"], args.finetuned)
+            w_star, source = checkpoint_vector(objs["test"], args.finetuned, getattr(args, "strip_prefix", None))
         else:
             w_star, losses = finetune(objs["test"], args.finetune_steps, args.finetune_lr, args.finetune_momentum,
                                       progress=not args.quiet)

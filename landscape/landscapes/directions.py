@@ -218,14 +218,18 @@ def plane_directions(obj: Any, w_b: torch.Tensor, w_c: torch.Tensor, *,
 
 
 # ----------------------------------------------------------------------------- checkpoints as vectors
-def checkpoint_vector(obj: Any, path: str | os.PathLike) -> tuple[torch.Tensor, dict[str, Any]]:
-    """The objective's parameters as stored in the checkpoint (or bare state_dict) at ``path``:
-    ``(flat float64 vector, {"path", "sha256", "label"})``; a one-line CheckpointError if it does
-    not hold every selected parameter with the same shape."""
+def checkpoint_vector(obj: Any, path: str | os.PathLike,
+                      strip_prefix: str | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The objective's parameters as stored in the checkpoint (or bare state_dict) at ``path``, names without
+    ``strip_prefix``: ``(flat float64 vector, {"path", "sha256", "label"})``; a one-line CheckpointError if it
+    does not hold every selected parameter with the same shape, or holds a NaN or infinity."""
     from landscape.analysis import file_digest
-    from landscape.checkpoint import CheckpointError, load_checkpoint
+    from landscape.checkpoint import CheckpointError, check_finite, load_checkpoint, without_prefix
 
     ckpt = load_checkpoint(path, allow_state_dict=True)
+    if strip_prefix:
+        ckpt.state_dict = without_prefix(ckpt.state_dict, strip_prefix)
+    check_finite(ckpt)
     sd = ckpt.state_dict
     parts = []
     for name, shape in zip(obj.names, obj.shapes):

@@ -46,7 +46,8 @@ from landscape.distributed import all_reduce_sum, free_memory, rank, world_size
 from landscape.objective import pointwise, products
 from landscape.objective.batches import group_rows, num_rows, row_dims, take_rows
 from landscape.objective.double_backward import reroutes, rerouted
-from landscape.objective.loss import Loss, LossError, LossValue, TaskLoss, as_loss, check_value, default_split
+from landscape.objective.loss import (Loss, LossError, LossValue, TaskLoss, as_loss, batch_failure, check_value,
+                                      default_split)
 from landscape.objective.parameters import ParamSpec, eval_mode, select_parameters
 from landscape.objective.sources import DataError, StreamSource, TensorSource, is_in_memory, subset_indices
 
@@ -342,6 +343,11 @@ class Objective:
             v = self.call(self.loss_spec.value, w, batch, buffers=buffers)
         except LossError as e:
             raise LossError(f"batch {index}: {e}") from None
+        except (RuntimeError, IndexError, TypeError) as e:
+            failure = batch_failure(e, index, self.loss_spec, self._validated)
+            if failure is e:
+                raise
+            raise failure from e
         if not self._validated and self._check_loss:
             check_value(v, index, self.loss_spec)
         return v

@@ -110,6 +110,11 @@ class TaskLoss(Loss):
         if self.task == "regression" and isinstance(y, torch.Tensor) and out.numel() != y.numel():
             raise LossError(f"the built-in regression loss needs one output per target value; got output "
                             f"{tuple(out.shape)} against target {tuple(y.shape)}")
+        if (self.task == "classification" and isinstance(y, torch.Tensor) and y.is_floating_point()
+                and (out.shape != y.shape or out.dim() < 2 or out.shape[1] < 2)):
+            raise LossError(f"the built-in classification loss takes class indices, or class probabilities shaped "
+                            f"as the logits; got float targets {tuple(y.shape)} for logits {tuple(out.shape)} (a "
+                            "regression? loss=\"regression\", or the criterion torch.nn:MSELoss)")
         if self.task == "regression" or not isinstance(y, torch.Tensor) or out.dim() != y.dim() + 1:
             return  # other mismatches get cross-entropy's own message
         if self.task == "language_model" and out.shape[:-1] == y.shape:
@@ -173,6 +178,18 @@ def with_decoder_labels(model: nn.Module, batch: Any, inputs: Any) -> Any:
         except (TypeError, ValueError):
             _DECODES[kind] = False
     return {**inputs, "labels": batch["labels"]} if _DECODES[kind] else inputs
+
+
+def batch_failure(error: Exception, index: int, loss: "Loss", validated: bool) -> Exception:
+    """What to raise when the model and loss fail on batch ``index``: during the first pass (not ``validated``)
+    and outside a transform (``vmap``, whose failures its callers handle), a one-line :class:`LossError` (shapes,
+    labels out of range, keywords the model does not take); else ``error`` itself (and always an out-of-memory
+    error)."""
+    if (validated or isinstance(error, torch.OutOfMemoryError)
+            or torch._C._functorch.peek_interpreter_stack() is not None):
+        return error
+    first = str(error).splitlines()[0] if str(error) else ""
+    return LossError(f"batch {index}: the model and loss ({loss.name}) failed on it: {type(error).__name__}: {first}")
 
 
 def call_model(model: nn.Module, inputs: Any) -> Any:
@@ -292,7 +309,12 @@ class Criterion(Loss):
             return torch.stack([self._mean(out[i:i + 1], target[i:i + 1]) for i in range(len(out))])
 
     def describe(self) -> dict[str, Any]:
-        return {"loss": f"criterion {self.name}"}
+        """The criterion and its settings (a module's plain attributes: ``label_smoothing``, ``reduction``, ...),
+        so that results of another criterion of the same class are not taken for this one's."""
+        plain = (bool, int, float, str, type(None))
+        settings = {k: v for k, v in sorted(vars(self.criterion).items()) if not k.startswith("_")
+                    and isinstance(v, plain)} if isinstance(self.criterion, nn.Module) else {}
+        return {"loss": f"criterion {self.name}", **({"settings": settings} if settings else {})}
 
 
 class BatchLoss(Loss):

@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from landscape.objective.batches import num_rows, take_rows, tensors
-from landscape.objective.loss import LossError, LossValue, check_value
+from landscape.objective.loss import LossError, LossValue, batch_failure, check_value
 from landscape.objective.sources import TensorSource
 
 LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -196,6 +196,11 @@ def _value(obj: Any, batch: Any, index: int) -> LossValue:
         v = obj.loss_spec.value(obj.model, batch)
     except LossError as e:
         raise LossError(f"batch {index}: {e}") from None
+    except (RuntimeError, IndexError, TypeError) as e:
+        failure = batch_failure(e, index, obj.loss_spec, obj._validated)
+        if failure is e:
+            raise
+        raise failure from e
     if not obj._validated and obj._check_loss:
         check_value(v, index, obj.loss_spec)
     return v
