@@ -11,6 +11,14 @@ def add_nonfinite_flag(p: argparse.ArgumentParser) -> None:
                    help="measure a checkpoint even if a weight is NaN or infinite (refused by default)")
 
 
+def second_checkpoint(obj: Any, path: Any, args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """:func:`~landscape.landscapes.directions.checkpoint_vector` of another checkpoint, read as the first one is
+    (``--strip-prefix``, ``--allow-nonfinite``)."""
+    from landscape.landscapes.directions import checkpoint_vector
+
+    return checkpoint_vector(obj, path, getattr(args, "strip_prefix", None), getattr(args, "allow_nonfinite", False))
+
+
 def check_weights(ckpt: Any, args: argparse.Namespace) -> None:
     """A one-line error naming the tensor if ``ckpt`` holds a NaN or infinite weight, unless
     ``--allow-nonfinite``."""

@@ -213,6 +213,7 @@ def around(values: np.ndarray, margin: float = 0.25) -> tuple[float, float]:
 # ----------------------------------------------------------------------------- surfaces
 def make_directions(args: argparse.Namespace, obj: Any, dims: int, progress: bool) -> Any:
     """The directions the flags ask for, around ``obj``'s parameters."""
+    from landscape.cli.guards import second_checkpoint
     from landscape.landscapes import directions as Dm
 
     kind = args.directions
@@ -225,17 +226,17 @@ def make_directions(args: argparse.Namespace, obj: Any, dims: int, progress: boo
     if kind == "pca":
         t = args.trajectory or [default_stem(args.checkpoint, "trajectory")]
         files = Dm.trajectory_files(t[0] if len(t) == 1 and Path(t[0]).is_dir() else t)
-        loaded = [Dm.checkpoint_vector(obj, f, getattr(args, "strip_prefix", None)) for f in files]
+        loaded = [second_checkpoint(obj, f, args) for f in files]
         return Dm.pca_directions(obj, [v for v, _ in loaded], dims, sources=[s for _, s in loaded])
     if kind == "plane":
         if not args.through:
             raise ValueError("--directions plane needs --through B.pt C.pt")
-        (vb, sb), (vc, sc) = (Dm.checkpoint_vector(obj, f, getattr(args, "strip_prefix", None)) for f in args.through)
+        (vb, sb), (vc, sc) = (second_checkpoint(obj, f, args) for f in args.through)
         return Dm.plane_directions(obj, vb, vc, sources=[{"label": "ckpt"}, sb, sc])
     if kind == "interp":
         if not args.to:
             raise ValueError("--directions interp needs --to B.pt")
-        vb, sb = Dm.checkpoint_vector(obj, args.to, getattr(args, "strip_prefix", None))
+        vb, sb = second_checkpoint(obj, args.to, args)
         return Dm.interpolation_direction(obj, vb, source=sb)
     raise ValueError(f"unknown directions {kind!r}")
 

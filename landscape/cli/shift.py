@@ -36,7 +36,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from landscape import distributed as D
     from landscape.io import atomic_write_json
-    from landscape.landscapes.directions import checkpoint_vector, interpolation_direction
+    from landscape.cli.guards import second_checkpoint
+    from landscape.landscapes.directions import interpolation_direction
     from landscape.landscapes.interpolation import finetune, shift_axis, shifted_curves
     from landscape.landscapes.plots import plot_shift
     from landscape.landscapes.surface import compute_surface
@@ -52,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
     def make():
         if args.finetuned:
-            w_star, source = checkpoint_vector(objs["test"], args.finetuned, getattr(args, "strip_prefix", None))
+            w_star, source = second_checkpoint(objs["test"], args.finetuned, args)
         else:
             w_star, losses = finetune(objs["test"], args.finetune_steps, args.finetune_lr, args.finetune_momentum,
                                       progress=not args.quiet)

@@ -218,18 +218,20 @@ def plane_directions(obj: Any, w_b: torch.Tensor, w_c: torch.Tensor, *,
 
 
 # ----------------------------------------------------------------------------- checkpoints as vectors
-def checkpoint_vector(obj: Any, path: str | os.PathLike,
-                      strip_prefix: str | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+def checkpoint_vector(obj: Any, path: str | os.PathLike, strip_prefix: str | None = None,
+                      allow_nonfinite: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
     """The objective's parameters as stored in the checkpoint (or bare state_dict) at ``path``, names without
     ``strip_prefix``: ``(flat float64 vector, {"path", "sha256", "label"})``; a one-line CheckpointError if it
-    does not hold every selected parameter with the same shape, or holds a NaN or infinity."""
+    does not hold every selected parameter with the same shape, or holds a NaN or infinity (unless
+    ``allow_nonfinite``)."""
     from landscape.analysis import file_digest
     from landscape.checkpoint import CheckpointError, check_finite, load_checkpoint, without_prefix
 
     ckpt = load_checkpoint(path, allow_state_dict=True)
     if strip_prefix:
         ckpt.state_dict = without_prefix(ckpt.state_dict, strip_prefix)
-    check_finite(ckpt)
+    if not allow_nonfinite:
+        check_finite(ckpt)
     sd = ckpt.state_dict
     parts = []
     for name, shape in zip(obj.names, obj.shapes):
