@@ -272,8 +272,9 @@ class Criterion(Loss):
             loss = self.criterion(out, target)
         except torch.OutOfMemoryError:
             raise
-        except RuntimeError as e:  # shapes the criterion cannot score
-            if not explain or not isinstance(target, torch.Tensor):
+        except RuntimeError as e:  # shapes the criterion cannot score (inside vmap: the caller's fallback decides)
+            if not explain or not isinstance(target, torch.Tensor) or \
+                    torch._C._functorch.peek_interpreter_stack() is not None:
                 raise
             first = str(e).splitlines()[0] if str(e) else ""
             hint = (" (language-model logits: loss=\"language_model\", or a loss_fn(model, batch))"
@@ -313,7 +314,7 @@ class Criterion(Loss):
         so that results of another criterion of the same class are not taken for this one's."""
         plain = (bool, int, float, str, type(None))
         settings = {k: v for k, v in sorted(vars(self.criterion).items()) if not k.startswith("_")
-                    and isinstance(v, plain)} if isinstance(self.criterion, nn.Module) else {}
+                    and k != "training" and isinstance(v, plain)} if isinstance(self.criterion, nn.Module) else {}
         return {"loss": f"criterion {self.name}", **({"settings": settings} if settings else {})}
 
 
