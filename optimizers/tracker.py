@@ -215,6 +215,9 @@ class CurvatureTracker:
             self.next_step, self.interval = int(state["next_step"]), int(state["interval"])
             self.vectors = state["vectors"]
             self.totals = dict(state["totals"])
+            # the steps and seconds between the last measurement and the save are counted at the next one
+            self.totals["train_seconds"] += float(state.get("pending_seconds", 0.0))
+            self._last_measured = int(state.get("last_measured", -1))
         else:
             self.next_step = step
         if D.is_main():
@@ -222,12 +225,14 @@ class CurvatureTracker:
                 self.path.unlink(missing_ok=True)
             else:
                 self._truncate(step)
-        self._last_step = step
+        self._last_step = int(state.get("last_step", step)) if state is not None else step
         self._clock = time.perf_counter()
 
     def state_dict(self) -> dict[str, Any]:
+        pending = time.perf_counter() - self._clock if self._clock is not None else 0.0
         return {"version": TRACK_VERSION, "config": self.config.to_dict(), "next_step": self.next_step,
-                "interval": self.interval, "vectors": self.vectors, "totals": dict(self.totals)}
+                "interval": self.interval, "vectors": self.vectors, "totals": dict(self.totals),
+                "last_step": self._last_step, "last_measured": self._last_measured, "pending_seconds": pending}
 
     def due(self, step: int, last: bool = False) -> bool:
         """Whether to measure after ``step`` (``last``: the final step, always measured once)."""

@@ -315,6 +315,20 @@ def test_mnist_bad_idx_is_one_line(tmp_path):
     (root / "t10k-labels-idx1-ubyte").write_bytes(b"PK\x03\x04 not idx")
     with pytest.raises(ValueError, match="not an idx file"):
         get_dataset("mnist", root=str(root))
+    gz = write_mnist(tmp_path / "g", gz=True) / "t10k-labels-idx1-ubyte.gz"
+    raw = bytearray(gz.read_bytes())
+    raw[10] ^= 0xFF  # a broken deflate stream (zlib.error, neither OSError nor EOFError)
+    gz.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="corrupt gzip"):
+        get_dataset("mnist", root=str(tmp_path / "g"))
+
+
+def test_cifar_label_beyond_int64_is_one_line(tmp_path):
+    root = write_cifar10(tmp_path / "c")
+    (root / "data_batch_3").write_bytes(pickle.dumps({"data": np.zeros((2, 3 * 32 * 32), np.uint8),
+                                                      "labels": [0, 2**70]}))
+    with pytest.raises(ValueError, match="not a CIFAR python batch"):
+        get_dataset("cifar10", root=str(root))
 
 
 # -- text -----------------------------------------------------------------------------------------------

@@ -108,6 +108,8 @@ def test_resume_after_kill_neither_loses_nor_duplicates_rows(tmp_path):
     assert strip(cut) == strip(full)  # the same values: the warm-start vector travelled in the resume state
     a, b = weights(tmp_path / "full.pt"), weights(tmp_path / "cut.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
+    totals = [load_checkpoint(tmp_path / f).metrics["curvature_tracking"] for f in ("full.pt", "cut.pt")]
+    assert totals[0]["train_steps"] == totals[1]["train_steps"]  # steps 4-6 (before the resume state) counted
 
     with pytest.raises(ValueError, match="other --track options"):  # resuming with other options
         with pytest.raises(Boom):

@@ -10,6 +10,7 @@ import codecs
 import gzip
 import io
 import pickle
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -91,8 +92,8 @@ def read_cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray
         if 3 * side * side != data.shape[1]:
             raise TypeError(f"data rows of {data.shape[1]} values are not 3 square channels")
         if labels.shape != (len(data),):
-            raise TypeError(f"{labels.shape[0] if labels.ndim else 0} labels for {len(data)} images")
-    except (KeyError, TypeError, ValueError) as e:
+            raise TypeError(f"labels of shape {labels.shape} for {len(data)} images (one label each)")
+    except (KeyError, TypeError, ValueError, OverflowError) as e:
         what = f"no {e.args[0]!r} entry" if isinstance(e, KeyError) else str(e)
         raise ValueError(f"{path}: not a CIFAR python batch ({what})") from None
     return data.reshape(len(data), 3, side, side), labels
@@ -107,7 +108,7 @@ def read_idx(path: Path) -> np.ndarray:
     if raw[:2] == b"\x1f\x8b":
         try:
             raw = gzip.decompress(raw)
-        except (OSError, EOFError) as e:
+        except (OSError, EOFError, zlib.error) as e:  # truncated, bad CRC, a broken deflate stream
             raise ValueError(f"{path}: corrupt gzip ({e})") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise ValueError(f"{path}: not an idx file (bad magic number)")
