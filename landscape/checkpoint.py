@@ -134,23 +134,29 @@ def without_paths(record: Any) -> Any:
     return record
 
 
-def load_checkpoint(path: str | os.PathLike, *, allow_state_dict: bool = False) -> Checkpoint:
+def load_checkpoint(path: str | os.PathLike, *, allow_state_dict: bool = False,
+                    strip_prefix: str | None = None) -> Checkpoint:
     """Load a checkpoint safely; every failure is a one-line :class:`CheckpointError`.
 
     ``allow_state_dict``: accept a bare ``state_dict`` (the caller supplies model
-    and data factories); it comes back with empty model/data names.
+    and data factories); it comes back with empty model/data names. ``strip_prefix``: remove it from the
+    weights' names (Lightning's ``model.``).
     """
     path = Path(path)
     check_file(path)
     if _is_safetensors(path):
-        return _parse(_load_safetensors(path), path, allow_state_dict)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # e.g. "pickle protocol 4" notes on foreign files
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises assorted types on garbage input
-        raise CheckpointError(f"{path}: {load_failure(path, e)}") from e
-    return _parse(obj, path, allow_state_dict)
+        ckpt = _parse(_load_safetensors(path), path, allow_state_dict)
+    else:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # e.g. "pickle protocol 4" notes on foreign files
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # torch raises assorted types on garbage input
+            raise CheckpointError(f"{path}: {load_failure(path, e)}") from e
+        ckpt = _parse(obj, path, allow_state_dict)
+    if strip_prefix:
+        ckpt.state_dict = without_prefix(ckpt.state_dict, strip_prefix)
+    return ckpt
 
 
 def check_file(path: Path) -> None:
@@ -389,9 +395,7 @@ def open_checkpoint(
     the file's. ``strip_prefix``: remove it from the weights' names (Lightning's ``model.``).
     """
     foreign = model is not None or data is not None
-    ckpt = load_checkpoint(path, allow_state_dict=foreign)
-    if strip_prefix:
-        ckpt.state_dict = without_prefix(ckpt.state_dict, strip_prefix)
+    ckpt = load_checkpoint(path, allow_state_dict=foreign, strip_prefix=strip_prefix)
     if not ckpt.model_name and model is None:
         raise CheckpointError(f"{path}: a bare state_dict needs --model pkg.module:factory")
     if not ckpt.data_name and data is None:

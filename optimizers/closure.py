@@ -166,21 +166,24 @@ class StepClosure:
         # small model's step)
         chunks = [(self.x, self.y)] if self.accum_steps == 1 else list(
             zip(self.x.chunk(self.accum_steps), self.y.chunk(self.accum_steps)))
-        total = target_count(self.task, self.y) if len(chunks) > 1 else 1
+        total = target_count(self.task, self.y) if len(chunks) > 1 else None
         loss_sum: torch.Tensor | None = None
         with bn:
             for i, (xc, yc) in enumerate(chunks):
                 last = i == len(chunks) - 1
                 with self._no_sync(sync and last):
                     with self.autocast():
-                        if len(chunks) > 1:  # a chunk's share: its sum over the batch's targets
-                            loss = (self.loss_sum_fn(self.forward_model(xc), yc) / total).float()
-                        else:
-                            loss = self.loss_fn(self.forward_model(xc), yc).float()
+                        loss = self._share(self.forward_model, xc, yc, total)
                     (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
                 loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
         assert loss_sum is not None
         return loss_sum
+
+    def _share(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+               total: int | torch.Tensor | None) -> torch.Tensor:
+        """A chunk's share of the batch's mean loss (float32): the mean itself for the whole batch (``total``
+        None), else the chunk's sum over the batch's ``total`` targets (padded ones not counted)."""
+        return (self.loss_fn(model(x), y) if total is None else self.loss_sum_fn(model(x), y) / total).float()
 
     @torch.no_grad()
     def per_sample_losses(self) -> torch.Tensor:
@@ -239,13 +242,12 @@ class StepClosure:
         params = list(params) if params is not None else self.params
         self.calls += 1
         chunks = list(zip(self.x.chunk(self.accum_steps), self.y.chunk(self.accum_steps)))
-        total = target_count(self.task, self.y) if len(chunks) > 1 else 1
+        total = target_count(self.task, self.y) if len(chunks) > 1 else None
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float32)
 
         def grads_of(xc: torch.Tensor, yc: torch.Tensor, create_graph: bool):
-            with self.autocast():  # one chunk: its mean; several: each one's sum over the batch's targets
-                loss = (self.loss_fn(self.model(xc), yc) if len(chunks) == 1
-                        else self.loss_sum_fn(self.model(xc), yc) / total).float()
+            with self.autocast():
+                loss = self._share(self.model, xc, yc, total)
             with torch.enable_grad():
                 scaled = self.scaler.scale(loss) if self.scaler is not None else loss
                 g = torch.autograd.grad(scaled, params, create_graph=create_graph, allow_unused=True)

@@ -13,10 +13,13 @@ def add_nonfinite_flag(p: argparse.ArgumentParser) -> None:
 
 def second_checkpoint(obj: Any, path: Any, args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     """:func:`~landscape.landscapes.directions.checkpoint_vector` of another checkpoint, read as the first one is
-    (``--strip-prefix``, ``--allow-nonfinite``)."""
+    (``--strip-prefix``, then :func:`check_weights`)."""
+    from landscape.checkpoint import load_checkpoint
     from landscape.landscapes.directions import checkpoint_vector
 
-    return checkpoint_vector(obj, path, getattr(args, "strip_prefix", None), getattr(args, "allow_nonfinite", False))
+    ckpt = load_checkpoint(path, allow_state_dict=True, strip_prefix=getattr(args, "strip_prefix", None))
+    check_weights(ckpt, args)
+    return checkpoint_vector(obj, ckpt)
 
 
 def check_weights(ckpt: Any, args: argparse.Namespace) -> None:

@@ -211,6 +211,16 @@ def around(values: np.ndarray, margin: float = 0.25) -> tuple[float, float]:
 
 
 # ----------------------------------------------------------------------------- surfaces
+def resolve_directions(args: argparse.Namespace, dims: int) -> None:
+    """``--directions``' default, and its companion's check: ``interp`` with ``--to`` (1-D), ``plane`` with
+    ``--through`` (2-D), else ``random``."""
+    kind, flag, given = ("interp", "--to", args.to) if dims == 1 else ("plane", "--through", args.through)
+    if args.directions is None:
+        args.directions = kind if given else "random"
+    if given and args.directions != kind:
+        raise ValueError(f"{flag} goes with --directions {kind}, not {args.directions}")
+
+
 def make_directions(args: argparse.Namespace, obj: Any, dims: int, progress: bool) -> Any:
     """The directions the flags ask for, around ``obj``'s parameters."""
     from landscape.cli.guards import second_checkpoint

@@ -29,10 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from landscape.landscapes.interpolation import barrier_heights
     from landscape.landscapes.plots import plot_curves
 
-    if args.directions is None:
-        args.directions = "interp" if args.to else "random"
-    if args.to and args.directions != "interp":
-        raise ValueError(f"--to goes with --directions interp, not {args.directions}")
+    A.resolve_directions(args, 1)
     surface, stem = A.compute(args, 1, "plot1d")
     if not D.is_main():
         return 0

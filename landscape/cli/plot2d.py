@@ -36,10 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from landscape import distributed as D
     from landscape.landscapes.plots import plot_2d
 
-    if args.directions is None:
-        args.directions = "plane" if args.through else "random"
-    if args.through and args.directions != "plane":
-        raise ValueError(f"--through goes with --directions plane, not {args.directions}")
+    A.resolve_directions(args, 2)
     surface, stem = A.compute(args, 2, "plot2d")
     if not D.is_main():
         return 0

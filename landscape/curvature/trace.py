@@ -528,9 +528,10 @@ def trace_estimator(method: str) -> Callable[..., TraceResult]:
 
 def estimate_trace(op: Any, method: str = DEFAULT_TRACE_METHOD, **options: Any) -> TraceResult:
     """``tr(op)`` by ``method`` (one of :data:`TRACE_METHODS`); ``options`` go to the estimator."""
-    if method.startswith("hutchpp") and method in TRACE_METHODS:
+    estimator = trace_estimator(method)
+    if estimator is hutchpp:
         options["sketch"] = method.split("-")[1]
-    return trace_estimator(method)(op, **options)
+    return estimator(op, **options)
 
 
 class Deflated(LinearOperator):

@@ -218,20 +218,16 @@ def plane_directions(obj: Any, w_b: torch.Tensor, w_c: torch.Tensor, *,
 
 
 # ----------------------------------------------------------------------------- checkpoints as vectors
-def checkpoint_vector(obj: Any, path: str | os.PathLike, strip_prefix: str | None = None,
-                      allow_nonfinite: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
-    """The objective's parameters as stored in the checkpoint (or bare state_dict) at ``path``, names without
-    ``strip_prefix``: ``(flat float64 vector, {"path", "sha256", "label"})``; a one-line CheckpointError if it
-    does not hold every selected parameter with the same shape, or holds a NaN or infinity (unless
-    ``allow_nonfinite``)."""
+def checkpoint_vector(obj: Any, checkpoint: Any) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The objective's parameters as stored in ``checkpoint`` (a loaded
+    :class:`~landscape.checkpoint.Checkpoint`, or the path of one or of a bare state_dict):
+    ``(flat float64 vector, {"path", "sha256", "label"})``; a one-line CheckpointError if it does
+    not hold every selected parameter with the same shape."""
     from landscape.analysis import file_digest
-    from landscape.checkpoint import CheckpointError, check_finite, load_checkpoint, without_prefix
+    from landscape.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 
-    ckpt = load_checkpoint(path, allow_state_dict=True)
-    if strip_prefix:
-        ckpt.state_dict = without_prefix(ckpt.state_dict, strip_prefix)
-    if not allow_nonfinite:
-        check_finite(ckpt)
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint, allow_state_dict=True)
+    path = ckpt.path
     sd = ckpt.state_dict
     parts = []
     for name, shape in zip(obj.names, obj.shapes):

@@ -46,8 +46,8 @@ from landscape.distributed import all_reduce_sum, free_memory, rank, world_size
 from landscape.objective import pointwise, products
 from landscape.objective.batches import group_rows, num_rows, row_dims, take_rows
 from landscape.objective.double_backward import reroutes, rerouted
-from landscape.objective.loss import (Loss, LossError, LossValue, TaskLoss, as_loss, batch_failure, check_value,
-                                      default_split)
+from landscape.objective.loss import (Loss, LossError, LossValue, TaskLoss, as_loss, check_value, default_split,
+                                      naming_batch)
 from landscape.objective.parameters import ParamSpec, eval_mode, select_parameters
 from landscape.objective.sources import DataError, StreamSource, TensorSource, is_in_memory, subset_indices
 
@@ -323,7 +323,8 @@ class Objective:
         if state is None:
             state = self._state(w, buffers)  # w as given: a leaf with requires_grad stays one
         try:
-            with exact_attention(), rerouted(self._reroutes & {"embeddings"}):  # in-place renorms, sparse grads
+            # attention without its fast path; embeddings rerouted (in-place renorms, sparse gradients)
+            with products.exact_attention(), rerouted(self._reroutes & {"embeddings"}):
                 return functional_call(self._bound, {f"model.{k}": v for k, v in state.items()}, (fn, *args))
         finally:
             self.restore_attributes()
@@ -339,15 +340,8 @@ class Objective:
         """The loss protocol's :class:`~landscape.objective.loss.LossValue` of ``batch`` at ``w``; during the
         first pass every batch's value from a user's loss (criterion, ``loss_fn``) is checked: a one-line error
         naming the batch (not where the model's own weights are not finite)."""
-        try:
+        with naming_batch(index, self.loss_spec, self._validated):
             v = self.call(self.loss_spec.value, w, batch, buffers=buffers)
-        except LossError as e:
-            raise LossError(f"batch {index}: {e}") from None
-        except (RuntimeError, IndexError, TypeError) as e:
-            failure = batch_failure(e, index, self.loss_spec, self._validated)
-            if failure is e:
-                raise
-            raise failure from e
         if not self._validated and self._check_loss:
             check_value(v, index, self.loss_spec)
         return v
@@ -797,19 +791,6 @@ class Objective:
     def operator(self, kind: str, w: torch.Tensor | None = None) -> CurvatureOperator:
         """The ``kind`` (``hessian``, ``ggn``, ``fisher``) at ``w`` (default ``w0``) as a linear operator."""
         return CurvatureOperator(self, kind, w)
-
-
-@contextlib.contextmanager
-def exact_attention() -> Iterator[None]:
-    """PyTorch's fast path of ``nn.MultiheadAttention`` / ``nn.TransformerEncoder`` off: without gradients it runs
-    on nested tensors that zero the padded positions' outputs, a different function from the one autograd
-    differentiates (so a loss, its gradient and a surface's centre would disagree)."""
-    was = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        yield
-    finally:
-        torch.backends.mha.set_fastpath_enabled(was)
 
 
 def _own(t: torch.Tensor, original: torch.Tensor) -> torch.Tensor:

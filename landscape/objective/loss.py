@@ -23,12 +23,13 @@ criterion, or a function (``fn(model, batch)`` when its first parameter is named
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -180,16 +181,23 @@ def with_decoder_labels(model: nn.Module, batch: Any, inputs: Any) -> Any:
     return {**inputs, "labels": batch["labels"]} if _DECODES[kind] else inputs
 
 
-def batch_failure(error: Exception, index: int, loss: "Loss", validated: bool) -> Exception:
-    """What to raise when the model and loss fail on batch ``index``: during the first pass (not ``validated``)
-    and outside a transform (``vmap``, whose failures its callers handle), a one-line :class:`LossError` (shapes,
-    labels out of range, keywords the model does not take); else ``error`` itself (and always an out-of-memory
-    error)."""
-    if (validated or isinstance(error, torch.OutOfMemoryError)
-            or torch._C._functorch.peek_interpreter_stack() is not None):
-        return error
-    first = str(error).splitlines()[0] if str(error) else ""
-    return LossError(f"batch {index}: the model and loss ({loss.name}) failed on it: {type(error).__name__}: {first}")
+@contextlib.contextmanager
+def naming_batch(index: int, loss: "Loss", validated: bool) -> Iterator[None]:
+    """Errors of the model and loss on batch ``index``, named: a :class:`LossError` gets the batch; during the
+    first pass (not ``validated``) and outside a transform (``vmap``, whose failures its callers handle), a
+    RuntimeError, IndexError or TypeError (shapes, labels out of range, keywords the model does not take)
+    becomes a one-line :class:`LossError`; anything else (an out-of-memory error) passes as it is."""
+    try:
+        yield
+    except LossError as e:
+        raise LossError(f"batch {index}: {e}") from None
+    except (RuntimeError, IndexError, TypeError) as e:
+        if (validated or isinstance(e, torch.OutOfMemoryError)
+                or torch._C._functorch.peek_interpreter_stack() is not None):
+            raise
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise LossError(f"batch {index}: the model and loss ({loss.name}) failed on it: {type(e).__name__}: "
+                        f"{first}") from e
 
 
 def call_model(model: nn.Module, inputs: Any) -> Any:

@@ -27,7 +27,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from landscape.objective.batches import num_rows, take_rows, tensors
-from landscape.objective.loss import LossError, LossValue, batch_failure, check_value
+from landscape.objective.products import exact_attention
+from landscape.objective.loss import LossValue, check_value, naming_batch
 from landscape.objective.sources import TensorSource
 
 LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -62,8 +63,8 @@ class Written:
 
     def __enter__(self) -> "Written":
         self.saved = [t.clone() for t in self.params + self.buffers]
-        self.fastpath = torch.backends.mha.get_fastpath_enabled()  # see core.exact_attention
-        torch.backends.mha.set_fastpath_enabled(False)
+        self.attention = exact_attention()
+        self.attention.__enter__()
         return self
 
     def write(self, w: torch.Tensor) -> None:
@@ -71,7 +72,7 @@ class Written:
 
     def __exit__(self, *exc: Any) -> None:
         torch._foreach_copy_(self.params + self.buffers, self.saved)
-        torch.backends.mha.set_fastpath_enabled(self.fastpath)
+        self.attention.__exit__(*exc)
         self.obj.restore_attributes()
 
 
@@ -192,15 +193,8 @@ class FirstLayers:
 
 def _value(obj: Any, batch: Any, index: int) -> LossValue:
     """The loss protocol's value of ``batch`` through the module itself (as ``Objective.value``)."""
-    try:
+    with naming_batch(index, obj.loss_spec, obj._validated):
         v = obj.loss_spec.value(obj.model, batch)
-    except LossError as e:
-        raise LossError(f"batch {index}: {e}") from None
-    except (RuntimeError, IndexError, TypeError) as e:
-        failure = batch_failure(e, index, obj.loss_spec, obj._validated)
-        if failure is e:
-            raise
-        raise failure from e
     if not obj._validated and obj._check_loss:
         check_value(v, index, obj.loss_spec)
     return v

@@ -33,6 +33,19 @@ def second_order() -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def exact_attention() -> Iterator[None]:
+    """PyTorch's fast path of ``nn.MultiheadAttention`` / ``nn.TransformerEncoder`` off: without gradients it runs
+    on nested tensors that zero the padded positions' outputs, a different function from the one autograd
+    differentiates (so a loss, its gradient and a surface's centre would disagree)."""
+    was = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(was)
+
+
 def grad_of(out: torch.Tensor, inp: torch.Tensor, cotangent: torch.Tensor, retain: bool) -> torch.Tensor:
     """The vector-Jacobian product ``cotangent^T d out / d inp``."""
     (g,) = torch.autograd.grad(out, inp, cotangent, retain_graph=retain, allow_unused=True, materialize_grads=True)
@@ -160,5 +173,5 @@ def fisher(obj: Any, w: torch.Tensor, batch: Any, V: torch.Tensor) -> tuple[torc
             len(losses)
 
 
-__all__ = ["batched_grad", "fisher", "ggn", "grad_of", "grad_of_rows", "gradient_graph", "graph_bytes", "graph_stats",
-           "gradient", "hvp_forward", "hvp_reverse", "second_order"]
+__all__ = ["batched_grad", "exact_attention", "fisher", "ggn", "grad_of", "grad_of_rows", "gradient", "gradient_graph",
+           "graph_bytes", "graph_stats", "hvp_forward", "hvp_reverse", "second_order"]
