@@ -17,7 +17,8 @@ from landscape.curvature.lanczos import lanczos
 from landscape.evaluation import evaluate
 from landscape.losses import loss_fn
 from landscape.models import build_model
-from landscape.objective import Objective, select_parameters, subset_indices
+from landscape.objective import Objective, eval_mode, select_parameters, subset_indices
+from landscape.objective.products import gradient_graph, graph_bytes
 from tests.curvature_helpers import assert_unchanged, bn_net, dense_hessian, full_loss, small_mlp, snapshot
 from tests.fixtures import blobs
 from tests.test_models import CASES, make_batch, task_of
@@ -49,6 +50,29 @@ def test_hessian_equals_dense_with_uneven_micro_batches(data, mode, cache):
     assert_unchanged(model, before)
 
 
+class _FixedBatch(nn.Module):
+    """A model written for one batch size (``reshape(8, ...)``): it fails on any other number of rows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3)).double()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.reshape(8, 5))
+
+
+def test_a_model_that_fails_on_all_rows_keeps_one_graph_per_micro_batch(data):
+    """The one graph of all rows is an optimization: a model that cannot take them keeps the micro-batches'."""
+    x, y = data[0][:48], data[1][:48]
+    model = _FixedBatch()
+    obj = Objective(model, x, y, batch_size=8)
+    V = torch.randn(2, obj.num_params, dtype=torch.float64)
+    got = obj.hvp(V)
+    assert not obj._merged and len(obj._graphs) == 6
+    torch.testing.assert_close(got, Objective(model, x, y, batch_size=8, cache_graph=False).hvp(V),
+                               rtol=1e-12, atol=1e-14)
+
+
 def test_gradient_graph_cache(data):
     x, y = data
     model = bn_net()
@@ -57,7 +81,12 @@ def test_gradient_graph_cache(data):
     ref = plain.hvp(V)
     auto = Objective(model, x, y, batch_size=8)
     torch.testing.assert_close(auto.hvp(V), ref, rtol=1e-13, atol=1e-15)
-    assert auto.cache_graph is True and len(auto._graphs) == 7  # tiny graphs: cached
+    assert auto.cache_graph is True and auto._merged and len(auto._graphs) == 1  # tiny graphs: one of all rows
+    per_batch = Objective(model, x, y, batch_size=8, cache_graph=True, graph_memory=10 ** 9)
+    with eval_mode(model):
+        per_batch.graph_memory = 2 * graph_bytes(gradient_graph(per_batch, per_batch.source.first())[1]) * 7 - 1
+    torch.testing.assert_close(per_batch.hvp(V), ref, rtol=1e-13, atol=1e-15)  # merged would not fit twice
+    assert not per_batch._merged and len(per_batch._graphs) == 7
     torch.testing.assert_close(auto.hvp(V), ref, rtol=1e-13, atol=1e-15)  # reused
     w = auto.params() + 0.1
     torch.testing.assert_close(auto.hvp(V, w), Objective(model, x, y, cache_graph=False).hvp(V, w))  # elsewhere: fresh

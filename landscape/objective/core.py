@@ -52,7 +52,7 @@ from landscape.objective.parameters import ParamSpec, eval_mode, select_paramete
 from landscape.objective.sources import DataError, StreamSource, TensorSource, is_in_memory, subset_indices
 
 KINDS = ("hessian", "ggn", "fisher")
-BATCHED_MAX_ELEMENTS_PER_NODE = 3072
+BATCHED_MAX_ELEMENTS_PER_NODE = 4096
 """Kept graphs whose nodes save at most this many elements each, on average, get vmap-ed block products (see
 ``Objective._second_backward``)."""
 
@@ -108,7 +108,8 @@ class Objective:
     gradient graphs alive and only run their second backward (as PyHessian's single-batch mode does), about
     twice as fast; ``"auto"`` keeps them if the first micro-batch's measured graph times the number of
     micro-batches fits ``graph_memory`` bytes (default: a quarter of the free device memory / available RAM)
-    and otherwise keeps none (a stream of unknown length: graphs are kept while their total fits).
+    and otherwise keeps none (a stream of unknown length: graphs are kept while their total fits). In-memory
+    data whose graphs fit twice over keeps one graph of all rows (a faster product; :meth:`_prepare_graphs`).
     ``cache_memory``: a stream that fits this many bytes (default: an eighth of the free memory) is kept
     after its first pass. ``memory``: ``"low"`` keeps no gradient graph and no stream (one micro-batch's
     graph alive at a time, as PyHessian) and asks measures for compact workspaces (:attr:`low_memory`);
@@ -166,6 +167,7 @@ class Objective:
         self.cache_graph, self.graph_memory, self.memory = cache_graph, graph_memory, memory
         self._graphs: dict[int, tuple[torch.Tensor, torch.Tensor, Any]] = {}
         self._graph_bytes = 0
+        self._merged = False  # one kept graph of all in-memory rows (:meth:`_prepare_graphs`)
 
         self.names = select_parameters(model, params)
         named = dict(model.named_parameters())
@@ -363,6 +365,9 @@ class Objective:
 
     def _batches(self, use_graphs: bool = False) -> Iterator[tuple[int, Any]]:
         """``(index, batch)`` of one pass; ``batch`` is None where only a cached graph is needed."""
+        if use_graphs and self._merged:  # one graph of all rows
+            yield 0, (None if 0 in self._graphs else self.source.data)
+            return
         if use_graphs and self._graphs and len(self._graphs) == self.source.num_batches:
             yield from ((i, None) for i in sorted(self._graphs))  # every graph cached: no need to read data
             return
@@ -651,7 +656,7 @@ class Objective:
     def _derived(self, source: TensorSource) -> "Objective":
         sub = copy.copy(self)
         sub.source, sub._shard = source, False
-        sub._graphs, sub._graph_bytes = {}, 0
+        sub._graphs, sub._graph_bytes, sub._merged = {}, 0, False
         sub._mode_chosen = dict(self._mode_chosen)
         sub._stats = sub._tensor_stats() if isinstance(self.loss_spec, TaskLoss) else None
         sub._validated = self._validated
@@ -690,6 +695,8 @@ class Objective:
         if kind == "ggn":
             return self._pass(lambda i, b: products.ggn(self, w, b, V))
         cached = w is self.w0 and self.hvp_mode != "forward" and self.cache_graph is not False
+        if cached:
+            self._prepare_graphs()
         return self._pass(lambda i, b: self._hvp_batch(i, w, b, V), use_graphs=cached)
 
     def _hvp_batch(self, i: int, w: torch.Tensor, batch: Any, V: torch.Tensor) -> tuple[torch.Tensor, Any]:
@@ -708,22 +715,21 @@ class Objective:
         """``H V`` from a kept gradient graph: one backward per vector, or one ``vmap``-ed backward for the
         whole block (``is_grads_batched``); both give ``H V`` to rounding. Batched where the graph is made of
         small operations, whose per-call overhead a ``vmap`` shares: at most ``BATCHED_MAX_ELEMENTS_PER_NODE``
-        saved elements per node on average (the first micro-batch's graph), and where ``max_block`` times that
+        saved elements per node on average (the first kept graph), and where ``max_block`` times that
         graph fits the memory budget of kept graphs (``graph_memory``, default a quarter of the free memory);
         looped otherwise, and wherever ``vmap`` cannot batch the backward. The rule reads the graph, never a
         timing, so the numbers are reproducible where memory is not tight (a timed choice made a resumed study
         differ from an uninterrupted one in the last bits).
-        Measured (one thread, CPU time of an 8-vector block, loop / batched, the workloads of
-        ``benchmarks/workloads.py``; saved elements per node): small LSTM 1.69 (0.8k), large LSTM 1.23 (2.3k),
-        small MLP 1.28 (3.0k); small CNN 0.97 (3.7k), small ResNet-BN 1.00 (5.2k), small GPT-2 0.80 (4.5k), small
-        ViT 0.81 (6.3k), large MLP 0.74 (7.9k), large CNN 0.75 (14k), large ResNet-BN 1.05 (10k), large ViT 0.69
-        (26k), large GPT-2 0.61 (36k); the demo's MLP 0.62."""
+        Measured (one thread, CPU time of an 8-vector block, loop / batched, on the one graph of all rows of
+        the workloads of ``benchmarks/workloads.py``, machine shared; saved elements per node): small LSTM 1.40
+        (1.6k), small MLP 1.47 (3.6k); small CNN 0.91 (7.3k), small GPT-2 0.84 (8.9k), small ResNet-BN 0.90 (10k),
+        small ViT 0.68 (12k), large LSTM 0.76 (8.8k), large MLP 0.76 (20k), large CNN 0.86 (57k); large ResNet-BN
+        1.18 (40k) is the one the rule gets wrong."""
         if len(V) > 1 and self._mode_chosen.get("cached") != "loop":
             if "cached" not in self._mode_chosen:
                 nbytes, nodes = products.graph_stats(g)
                 per_node = nbytes / max(1, nodes) / self.dtype.itemsize  # saved elements per node
-                budget = self.graph_memory if self.graph_memory is not None else _free_memory(self.device) // 4
-                fits = nbytes * self.max_block <= budget  # a vmap-ed backward holds a block of every intermediate
+                fits = nbytes * self.max_block <= self._graph_budget()  # vmap holds a block of every intermediate
                 self._mode_chosen["cached"] = "batched" if per_node <= BATCHED_MAX_ELEMENTS_PER_NODE and fits \
                     else "loop"
             if self._mode_chosen["cached"] == "batched":
@@ -743,7 +749,7 @@ class Objective:
         graph = products.gradient_graph(self, batch, i)
         if self.cache_graph == "auto" or self.graph_memory is not None:
             nbytes = products.graph_bytes(graph[1])
-            budget = self.graph_memory if self.graph_memory is not None else _free_memory(self.device) // 4
+            budget = self._graph_budget()
             projected = nbytes * (self.source.num_batches or 1) if self.cache_graph == "auto" else nbytes
             if self._graph_bytes + (nbytes if self._graphs else projected) > budget:  # used for this product only
                 if not self._graphs:
@@ -754,6 +760,36 @@ class Objective:
         self._graphs[i] = graph
         return graph
 
+    def _graph_budget(self) -> int:
+        return self.graph_memory if self.graph_memory is not None else _free_memory(self.device) // 4
+
+    def _prepare_graphs(self) -> None:
+        """Before the first kept-graph product over in-memory data of several micro-batches: decide from the first
+        micro-batch's graph whether graphs are kept (:meth:`_gradient_graph`) and, if they are and twice their
+        projected total fits the budget (the graph and one product's intermediates), keep one graph of all rows
+        instead of one per micro-batch (``batch_size`` bounds memory; results do not depend on it beyond
+        rounding). A product is then one second backward over large tensors instead of one per micro-batch: the
+        single-vector product took 0.6-0.75x the time on the six small workloads of ``benchmarks/workloads.py``
+        (two micro-batches each; one thread, CPU). A model or loss that fails on the merged rows keeps the
+        micro-batches."""
+        if self._merged or self._graphs or self.cache_graph is False or not isinstance(self.source, TensorSource):
+            return
+        batches = self.source.num_batches or 1
+        measured = self.cache_graph == "auto" or self.graph_memory is not None
+        with eval_mode(self.model):
+            if measured:
+                self._gradient_graph(0, self.source.first())  # measured: kept if every micro-batch's would fit
+                if self.cache_graph is not True or 2 * self._graph_bytes * batches > self._graph_budget():
+                    return
+            if batches <= 1:
+                return
+            try:
+                graph = products.gradient_graph(self, self.source.data, 0)
+            except Exception:  # noqa: BLE001 -- the micro-batches' products raise whatever is the data's fault
+                return
+        self._graphs, self._merged = {0: graph}, True
+        self._graph_bytes = products.graph_bytes(graph[1]) if measured else 0
+
     @property
     def low_memory(self) -> bool:
         """Whether measures should keep compact workspaces (e.g. a float32 Krylov basis of few vectors):
@@ -763,8 +799,7 @@ class Objective:
         if self.memory == "low" or self.cache_graph is False:
             return True
         if self.cache_graph == "auto" and not self._graphs and isinstance(self.source, TensorSource):
-            with eval_mode(self.model):  # as in a pass: the graph is the one products reuse
-                self._gradient_graph(0, self.source.first())
+            self._prepare_graphs()  # the graph products reuse (eval mode, as in a pass)
         return self.cache_graph is False
 
     def release_graphs(self) -> None:
