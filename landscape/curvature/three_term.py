@@ -14,10 +14,12 @@ beta)`` acquires copies of converged eigenvalues. Its eigenvalues are read as Cu
   of an eigenvalue of that smaller matrix that has a Ritz value of more start weight within its residual (the
   genuine value it is a copy of: while a copy forms, the genuine value's own residual rises and it sits by
   an eigenvalue of the smaller matrix too, so it is kept as the heaviest of its neighbourhood);
-* the others are grouped into clusters whose members lie within the noise floor of each other: the copies
-  of one eigenvalue. A cluster is reported once, as its member with the smallest residual estimate ``r =
-  |beta_m s_{m,i}|`` (Paige: still the residual of that Ritz pair), with the error bound ``min(r, r^2 / gap)``
-  (Kato-Temple, ``gap`` the distance to the nearest Ritz value outside the cluster).
+* the others are grouped into clusters whose members lie within ``COPY_SIGMAS`` noise floors of each other:
+  the copies of one eigenvalue, each perturbed by the operator's noise (a float64 model that computes in
+  float32 inside, as RMSNorm layers do, gave copies 2 noise floors apart). A cluster is reported once, as its
+  member with the smallest residual estimate ``r = |beta_m s_{m,i}|`` (Paige: still the residual of that Ritz
+  pair), with the error bound ``min(r, r^2 / gap)`` (Kato-Temple, ``gap`` the distance to the nearest Ritz value
+  outside the cluster).
 
 Stopping is :func:`~landscape.curvature.lanczos.lanczos`'s: ``r <= tol |theta|`` for every wanted value, or
 every bound below the noise floor, estimated from the symmetry defects ``q_{j-1} . A q_j - beta_{j-1}``
@@ -39,6 +41,7 @@ from landscape.curvature.operators import LinearOperator
 
 SPURIOUS_WEIGHT = 1.5e-8  # sqrt(eps_64): a Ritz vector with less of the start vector (relative) is spurious
 SPURIOUS_TOL = 5.0  # an unconverged Ritz value within SPURIOUS_TOL * m * eps_64 * ||T|| of one of T-hat's is too
+COPY_SIGMAS = 4.0  # copies of one eigenvalue each carry the noise sigma: within 4 sigma (~3 sigma of a difference)
 
 
 def ritz_clusters(alpha: np.ndarray, beta: np.ndarray, beta_m: float, merge: float
@@ -109,7 +112,7 @@ def three_term_lanczos(op: LinearOperator, k: int, which: str, tol: float, max_m
         b = float(w.norm())
         steps += 1
         scale_T = max(float(np.abs(alpha).max()), max(beta, default=0.0))
-        merge = max(noise.sigma, eps_op * scale_T)
+        merge = max(COPY_SIGMAS * noise.sigma, eps_op * scale_T)
         values, R, bound = ritz_clusters(np.array(alpha), np.array(beta), b, merge)
         idx = _wanted(len(values), which, k)
         rel, floor = relative_residuals(values, idx, R[idx], noise.sigma, eps_op)
