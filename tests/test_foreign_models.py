@@ -154,7 +154,8 @@ def test_foreign_checkpoint_files(tmp_path):
 def test_encoder_decoder_and_causal_lm_under_the_built_in_task():
     """A T5 (encoder-decoder) with dict batches of padded ``labels`` under ``loss="language_model"``: the labels
     reach the model (it builds its decoder inputs from them) and the full-data loss is the token mean of T5's own
-    loss; a causal LM whose labels are its inputs (HuggingFace's convention) is refused with the fix."""
+    loss, also for a copy task (labels = input_ids); a causal LM whose labels are its inputs (HuggingFace's
+    convention) is refused with the fix."""
     from transformers import GPT2Config, GPT2LMHeadModel, T5Config, T5ForConditionalGeneration
 
     torch.manual_seed(0)
@@ -169,6 +170,9 @@ def test_encoder_decoder_and_causal_lm_under_the_built_in_task():
     obj = Objective(t5, batches, loss="language_model")
     assert obj.loss() == pytest.approx(expected, rel=1e-5) and obj.total_count == sum(tokens)
     assert np.isfinite(landscape.hessian_eigenvalues(obj, k=1).eigenvalues).all()
+    copy = {"input_ids": ids[:, :5], "labels": ids[:, :5].clone()}  # a copy task: T5's logits line up with labels
+    with torch.no_grad():
+        assert Objective(t5, copy, loss="language_model").loss() == pytest.approx(float(t5(**copy).loss), rel=1e-5)
     gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=31, n_positions=8))
     ids = torch.randint(0, 31, (4, 8))
     with pytest.raises(landscape.objective.loss.LossError, match="labels equal input_ids"):

@@ -100,8 +100,8 @@ class TaskLoss(Loss):
     def _forward(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, Any]:
         """The prediction (a HuggingFace output's ``logits``) and target of an ``(x, y)`` or dict batch."""
         inputs, y = default_split(batch, f"the built-in {self.task} loss")
-        if self.task == "language_model" and isinstance(inputs, Mapping):
-            _check_shifted(inputs.get("input_ids"), y)
+        if self.task == "language_model" and isinstance(inputs, Mapping) and not is_encoder_decoder(model):
+            _check_shifted(inputs.get("input_ids"), y)  # a decoder's logits line up with its labels: a copy task
         out = model_output(call_model(model, with_decoder_labels(model, batch, inputs)))
         self._check(out, y)
         return out, y
@@ -165,20 +165,26 @@ def _check_shifted(ids: Any, y: Any) -> None:
 _DECODES: dict[type, bool] = {}
 
 
-def with_decoder_labels(model: nn.Module, batch: Any, inputs: Any) -> Any:
-    """``inputs`` with the dict batch's ``labels`` put back for an encoder-decoder model (a ``forward`` with a
-    ``decoder_input_ids`` parameter, HuggingFace's T5 or BART) that is given no decoder inputs: such a model
-    builds them from the labels, and its logits are then the labels' own positions."""
-    if not (isinstance(inputs, Mapping) and isinstance(batch, Mapping) and "labels" in batch
-            and "labels" not in inputs and "decoder_input_ids" not in inputs):
-        return inputs
+def is_encoder_decoder(model: nn.Module) -> bool:
+    """Whether ``model``'s ``forward`` takes ``decoder_input_ids`` (HuggingFace's T5, BART): its logits are the
+    positions of its decoder inputs, made from the labels when none are given."""
     kind = type(model)
     if kind not in _DECODES:
         try:
             _DECODES[kind] = "decoder_input_ids" in inspect.signature(model.forward).parameters
         except (TypeError, ValueError):
             _DECODES[kind] = False
-    return {**inputs, "labels": batch["labels"]} if _DECODES[kind] else inputs
+    return _DECODES[kind]
+
+
+def with_decoder_labels(model: nn.Module, batch: Any, inputs: Any) -> Any:
+    """``inputs`` with the dict batch's ``labels`` put back for an encoder-decoder model
+    (:func:`is_encoder_decoder`) that is given no decoder inputs: such a model builds them from the labels, and
+    its logits are then the labels' own positions."""
+    if not (isinstance(inputs, Mapping) and isinstance(batch, Mapping) and "labels" in batch
+            and "labels" not in inputs and "decoder_input_ids" not in inputs):
+        return inputs
+    return {**inputs, "labels": batch["labels"]} if is_encoder_decoder(model) else inputs
 
 
 @contextlib.contextmanager
