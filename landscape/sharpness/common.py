@@ -74,8 +74,9 @@ def step_sizes(steps: int, radius: float, schedule: str = "constant", step_size:
     ``radius``.
 
     ``step_size``: the first step as a fraction of ``radius`` (default :func:`default_step_size`: GA-SAM's /
-    Zhang et al.'s ``eta = 1.5 rho / K`` for ``constant``, twice that for ``cosine`` so that both travel
-    ``1.5 rho`` in all; ``steps = 1`` gives SAM's single step to the boundary).
+    Zhang et al.'s ``eta = 1.5 rho / K`` for ``constant``, twice that for ``cosine``: the constant steps travel
+    ``1.5 rho`` in all, the cosine ones ``1.5 rho (K + 1) / K`` (``sum_k cos(pi k / K) = 1``; 3 rho for one step,
+    1.65 rho for ten); ``steps = 1`` gives SAM's single step to the boundary).
     ``constant``: ``eta_k = step_size * radius``; ``cosine``: ``eta_k = step_size * radius * (1 + cos(pi k / K)) / 2``.
     These schedules travel a fixed distance whatever ``steps``, so they do not converge as ``steps`` grows;
     ``apgd`` (the default of the measures) adapts its steps and has no fixed list.

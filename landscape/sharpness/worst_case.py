@@ -3,13 +3,15 @@
     S_rho(w) = max_{||T_w^{-1} e||_p <= rho} L(w + e) - L(w)          (ASAM eq. 4; T = 1: SAM's sharpness)
 
 ``T`` is the :class:`~landscape.geometry.Geometry`'s normalization operator evaluated at ``w``; with the
-element-wise or filter-wise operator (``eta = 0``) this is *adaptive sharpness*, invariant under node-wise
-rescaling of a ReLU network (ASAM Thm. 1). The maximum is approached from below by Auto-PGD-style projected
-ascent (:func:`~landscape.sharpness.common.projected_ascent`: step halving on stagnation, momentum, the best
-point kept at every step; for p = 2 a secant subspace model that makes it converge like Lanczos on a
-quadratic); where the gradient at ``w`` vanishes (an exact minimum) the ascent starts along ``direction``
-(e.g. the top Hessian eigenvector) or at a seeded random point, and the result says which. Every result
-carries its convergence trace and a ``converged`` flag.
+element-wise operator (``eta = 0``) this is *adaptive sharpness*, invariant under node-wise rescaling of a ReLU
+network (ASAM Thm. 1). The filter-wise operator is invariant only where whole filters are scaled (a layer's output
+channels alone); node-wise rescaling also scales the next layer's input channels, which one filter's norm mixes (a
+two-convolution ReLU net measured 0.022 and 0.131 for the same function). The maximum is approached from below by
+Auto-PGD-style projected ascent (:func:`~landscape.sharpness.common.projected_ascent`: step halving on stagnation,
+momentum, the best point kept at every step; for p = 2 a secant subspace model that makes it converge like Lanczos
+on a quadratic); where the gradient at ``w`` vanishes (an exact minimum) the ascent starts along ``direction`` (e.g.
+the top Hessian eigenvector) or at a seeded random point, and the result says which. Every result carries its
+convergence trace and a ``converged`` flag.
 
 ``batch_size = m`` gives m-sharpness (Foret et al.; ASAM App. B uses m = 8): the maximum is taken
 separately on disjoint mini-batches ``B`` of ``m`` samples and averaged,
