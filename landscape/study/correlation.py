@@ -38,16 +38,14 @@ def kendall_tau(x: Sequence[float], y: Sequence[float], variant: str = "b") -> f
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     ok = np.isfinite(x) & np.isfinite(y)
     x, y = x[ok], y[ok]
-    if len(x) < 2:
+    if variant not in ("a", "b", "c"):
+        raise ValueError(f"tau variant must be 'a', 'b' or 'c', got {variant!r}")
+    if len(x) < 2 or np.all(x == x[0]) or np.all(y == y[0]):
         return math.nan
     if variant == "a":
         n = len(x)
         s = np.sign(x[:, None] - x[None, :]) * np.sign(y[:, None] - y[None, :])
         return float(np.triu(s, 1).sum() * 2.0 / (n * (n - 1)))
-    if variant not in ("b", "c"):
-        raise ValueError(f"tau variant must be 'a', 'b' or 'c', got {variant!r}")
-    if np.all(x == x[0]) or np.all(y == y[0]):
-        return math.nan
     return float(kendalltau(x, y, variant=variant).statistic)
 
 
@@ -119,8 +117,7 @@ def tau_batch(x: np.ndarray, y: np.ndarray, variant: str = "b") -> np.ndarray:
                 t[m < 2] = np.nan
             else:
                 raise ValueError(f"tau variant must be 'a', 'b' or 'c', got {variant!r}")
-        if variant != "a":
-            t[(np.abs(sx).sum(axis=1) == 0) | (np.abs(sy).sum(axis=1) == 0)] = np.nan
+        t[(np.abs(sx).sum(axis=1) == 0) | (np.abs(sy).sum(axis=1) == 0)] = np.nan  # a constant side
         out[s:s + chunk] = t
     return out
 

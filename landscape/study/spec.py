@@ -215,9 +215,9 @@ def parse_study(doc: dict[str, Any], path: str | Path = "study.toml") -> Study:
         if method not in known:
             raise fail(f"[optimizers.{label}] unknown optimizer {method!r}; known: {', '.join(known)}"
                        + ("" if "method" in table else " (or set method = NAME)"))
-        overrides = dict(table.get("train", {}))
         if not isinstance(table.get("train", {}), dict):
             raise fail(f"[optimizers.{label}] train must be a table of training options")
+        overrides = dict(table.get("train", {}))
         if "base" in table:
             overrides["base"] = table["base"]
         bad = sorted(set(overrides) - fields)
