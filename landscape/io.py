@@ -1,6 +1,7 @@
 """Atomic file writes: a reader (or a killed job) never sees a half-written file."""
 from __future__ import annotations
 
+import glob
 import json
 import os
 import tempfile
@@ -31,6 +32,14 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
         except FileNotFoundError:
             pass
         raise
+
+
+def remove_stale_temps(path: str | os.PathLike) -> None:
+    """Delete the temp files that killed :func:`atomic_write` calls of ``path`` left next to it; only where no
+    other process is writing ``path`` (its live temp file would go too)."""
+    path = Path(path)
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.{'?' * 8}.tmp"):  # mkstemp's 8 random characters
+        tmp.unlink(missing_ok=True)
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:

@@ -113,14 +113,14 @@ class TrainConfig:
 
     def _build_optimizer_once(self) -> None:
         """Run the optimizer's own constructor checks (ranges of its hyper-parameters, the base optimizer's
-        lr/momentum/eps) on one dummy parameter."""
+        lr/momentum/eps) on one dummy parameter, named as the trainer's are (ASAM warns on unnamed ones)."""
         import torch
 
         from optimizers import build_optimizer
 
         base = self.base or ("adamw" if self.optimizer == "adamw" else "sgd")
         try:
-            build_optimizer(self.optimizer, [torch.nn.Parameter(torch.zeros(1))], base=self.base,
+            build_optimizer(self.optimizer, [("weight", torch.nn.Parameter(torch.zeros(1)))], base=self.base,
                             base_kwargs=self.base_kwargs(base), max_grad_norm=self.grad_clip, **self.hparams)
         except (ValueError, TypeError, KeyError) as e:
             msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)

@@ -107,6 +107,13 @@ class SAM(ClosureOptimizer):
         self._saved: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
         self._first_inf: torch.Tensor | None = None
 
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Names work as at construction: ``(name, tensor)`` pairs (``model.named_parameters()``) or a
+        ``param_names`` list give the new tensors their names (ASAM's ``exempt="bias"``, GA-SAM's modules)."""
+        super().add_param_group(param_group)
+        if hasattr(self, "param_names"):  # not while the constructor adds the first groups
+            self.param_names.update(zip(map(id, param_group["params"]), param_group.get("param_names", ())))
+
     # -- the step -----------------------------------------------------------------------
     @torch.no_grad()
     def step(self, closure: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:  # type: ignore[override]

@@ -38,7 +38,7 @@ from landscape.checkpoint import Checkpoint, CheckpointError, check_compatible, 
 from landscape.data import DataBundle, get_dataset
 from landscape.data.loader import BatchLoader
 from landscape.evaluation import evaluate
-from landscape.io import atomic_torch_save, atomic_write_jsonl, atomic_write_text
+from landscape.io import atomic_torch_save, atomic_write_jsonl, atomic_write_text, remove_stale_temps
 from landscape.models import build_model
 from optimizers import build_optimizer
 from optimizers.base import ClosureOptimizer
@@ -49,6 +49,8 @@ from optimizers.schedules import lr_factor
 from optimizers.tracker import CurvatureTracker, TrackConfig
 
 RESUME_VERSION = 1
+# the keys Trainer._state always writes: a resume file lacking one is not of this version
+_RESUME_KEYS = ("config", "epoch", "batch", "step", "model", "optimizer", "rng_cpu", "history", "partial")
 SYNC_EVERY = 50  # steps between reads of the training loss: the loop never waits for the device in between
 
 
@@ -197,6 +199,7 @@ class Trainer:
                 state["rng_cuda_by_rank"] = self._gather_rng(state["rng_cuda"])
         if D.is_main():
             atomic_torch_save(state, self.paths["resume"])
+            remove_stale_temps(self.paths["resume"])  # a kill during an earlier save leaves its temp file
         D.barrier()
 
     def _gather_rng(self, mine: torch.Tensor) -> list[torch.Tensor]:
@@ -215,20 +218,25 @@ class Trainer:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # a resume file is written atomically; anything else is foreign
             raise CheckpointError(f"{path}: unreadable resume state ({type(e).__name__}); delete it to restart")
-        if not isinstance(state, dict) or state.get("version") != RESUME_VERSION:
-            raise CheckpointError(f"{path}: not a resume state of this version; delete it to restart")
+        foreign = CheckpointError(f"{path}: not a resume state of this version; delete it to restart")
+        if (not isinstance(state, dict) or state.get("version") != RESUME_VERSION
+                or not all(k in state for k in _RESUME_KEYS)):
+            raise foreign
         if state["config"] != self.config.to_dict():
             raise CheckpointError(f"{path}: was written by a different configuration; "
                                   "delete it (or pass --restart) to start over")
-        load_state_dict_strict(self.model, state["model"], where=f"{path}: ")
-        self.optimizer.load_state_dict(state["optimizer"])
-        rng = state["rng_cpu"] if "rng_cpu_by_rank" not in state else state["rng_cpu_by_rank"][D.rank()]
-        torch.set_rng_state(rng)
-        if "rng_cuda" in state and self.device.type == "cuda":
-            cuda = state["rng_cuda"] if "rng_cuda_by_rank" not in state else state["rng_cuda_by_rank"][D.rank()]
-            torch.cuda.set_rng_state(cuda, self.device)
-        if "scaler" in state and self.optimizer.scaler is not None:
-            self.optimizer.scaler.load_state_dict(state["scaler"])
+        try:  # a key missing deeper down (the optimizer's, the scaler's) is a foreign file too
+            load_state_dict_strict(self.model, state["model"], where=f"{path}: ")
+            self.optimizer.load_state_dict(state["optimizer"])
+            rng = state["rng_cpu"] if "rng_cpu_by_rank" not in state else state["rng_cpu_by_rank"][D.rank()]
+            torch.set_rng_state(rng)
+            if "rng_cuda" in state and self.device.type == "cuda":
+                cuda = state["rng_cuda"] if "rng_cuda_by_rank" not in state else state["rng_cuda_by_rank"][D.rank()]
+                torch.cuda.set_rng_state(cuda, self.device)
+            if "scaler" in state and self.optimizer.scaler is not None:
+                self.optimizer.scaler.load_state_dict(state["scaler"])
+        except (KeyError, IndexError, TypeError):
+            raise foreign from None
         return state
 
     def checkpoint(self, metrics: dict[str, Any], epoch: int, step: int) -> Checkpoint:
@@ -361,6 +369,8 @@ class Trainer:
         if D.is_main():
             ckpt.save(paths["out"])
             paths["resume"].unlink(missing_ok=True)
+            for key in ("out", "metrics", "resume"):  # temp files of writes a kill interrupted
+                remove_stale_temps(paths[key])
         D.barrier()
         return ckpt
 

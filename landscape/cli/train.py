@@ -26,7 +26,7 @@ _CONFIG_FLAGS = {
     "label_smoothing": (float, "cross-entropy label smoothing"),
     "grad_clip": (float, "clip the final update gradient to this global L2 norm"),
     "accum_steps": (int, "gradient-accumulation micro-batches per step"),
-    "amp": (str, "auto (bf16 on CUDA; float32 for ga_sam, gnr, layer_sam, multistep_defense), none, bf16, fp16"),
+    "amp": (str, "auto (bf16 on CUDA; float32 for {full_precision}), none, bf16, fp16"),
     "device": (str, "auto (cuda > mps > cpu), cpu, cuda (this rank's GPU), cuda:1, mps"),
     "seed": (int, "training seed (init, data order, augmentation, dropout)"),
     "checkpoint_every": (int, "save a trajectory checkpoint every N epochs (0: never)"),
@@ -70,9 +70,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--restart", action="store_true", help="ignore a resume state and an existing --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     from optimizers.config import TrainConfig
+    from optimizers.precision import FULL_PRECISION
 
     defaults = TrainConfig().to_dict()
     for name, (kind, text) in _CONFIG_FLAGS.items():
+        if name == "amp":  # the methods amp auto trains in float32, from the code's own table
+            text = text.format(full_precision=", ".join(sorted(FULL_PRECISION)))
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None,
                        help=f"{text} [default: {defaults[name]}]")
     g = p.add_argument_group("method hyper-parameters (each applies to the methods that take it)")
