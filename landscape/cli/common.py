@@ -44,15 +44,29 @@ def add_entry_point_args(p: argparse.ArgumentParser) -> None:
                         "state_dict")
 
 
-def open_from_args(args: argparse.Namespace):
-    """``(checkpoint, model, data)`` for ``args.checkpoint`` honouring the entry-point flags."""
-    from landscape.checkpoint import open_checkpoint
+def open_from_args(args: argparse.Namespace, path: Any = None):
+    """``(checkpoint, model, data)`` for ``path`` (default ``args.checkpoint``) honouring the entry-point flags;
+    ``--model-arg``/``--data-arg`` without ``--model``/``--data`` override those keys of the checkpoint's own
+    model/data settings."""
+    from landscape.checkpoint import load_checkpoint, open_checkpoint
 
-    return open_checkpoint(
-        args.checkpoint, model=args.model, data=args.data,
-        model_kwargs=parse_assignments(args.model_arg, "--model-arg") if args.model_arg else None,
-        data_kwargs=parse_assignments(args.data_arg, "--data-arg") if args.data_arg else None,
-        strip_prefix=getattr(args, "strip_prefix", None))
+    path = args.checkpoint if path is None else path
+    strip = getattr(args, "strip_prefix", None)
+    names = {"model": args.model, "data": args.data}
+    kwargs = {what: parse_assignments(items, f"--{what}-arg") if items else None
+              for what, items in (("model", args.model_arg), ("data", args.data_arg))}
+    if any(kwargs[what] and names[what] is None for what in names):
+        own = load_checkpoint(path, allow_state_dict=True, strip_prefix=strip)
+        for what in names:
+            name, recorded = getattr(own, f"{what}_name"), getattr(own, f"{what}_kwargs")
+            if not kwargs[what] or names[what] is not None or not name:
+                continue  # a bare state_dict: open_checkpoint asks for --model / --data
+            if ":" in name:
+                raise ValueError(f"--{what}-arg: {path}'s {what} {name!r} is an entry point; pass it explicitly "
+                                 f"(--{what} {name}) to allow importing it")
+            names[what], kwargs[what] = name, {**recorded, **kwargs[what]}
+    return open_checkpoint(path, model=names["model"], data=names["data"], model_kwargs=kwargs["model"],
+                           data_kwargs=kwargs["data"], strip_prefix=strip)
 
 
 def loss_from_args(args: argparse.Namespace) -> Any:

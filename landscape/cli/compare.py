@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from landscape.cli import landscape_args as A
-from landscape.cli.common import add_entry_point_args, loss_from_args, parse_assignments
+from landscape.cli.common import add_entry_point_args, loss_from_args, open_from_args, parse_assignments
 from landscape.cli.guards import add_nonfinite_flag, check_weights
 
 
@@ -75,19 +75,13 @@ class Opened:
 
 def open_all(args: argparse.Namespace) -> list[Opened]:
     """Every checkpoint with its model and data; labels unique and file-name safe."""
-    from landscape.checkpoint import open_checkpoint
-
     if len(args.checkpoints) < 2:
         raise ValueError("compare needs at least two checkpoints")
     if args.labels is not None and len(args.labels) != len(args.checkpoints):
         raise ValueError(f"{len(args.labels)} labels for {len(args.checkpoints)} checkpoints")
     opened = []
     for path in args.checkpoints:
-        ckpt, model, data = open_checkpoint(
-            path, model=args.model, data=args.data,
-            model_kwargs=parse_assignments(args.model_arg, "--model-arg") if args.model_arg else None,
-            data_kwargs=parse_assignments(args.data_arg, "--data-arg") if args.data_arg else None,
-            strip_prefix=args.strip_prefix)
+        ckpt, model, data = open_from_args(args, path)
         opened.append(Opened("", ckpt, model, data))
     for o in opened:
         check_weights(o.ckpt, args)
@@ -181,7 +175,8 @@ def landscape_section(args: argparse.Namespace, opened: list[Opened], stem: str,
             dirs = interpolation_direction(train, vb, source=sb)
             s = compute_surface(objs, dirs, [t], bn=args.bn, bn_source=objs.get("train"),
                                 chunk_size=A.chunk_size(args), path=f"{sub}.npz", resume=not args.restart,
-                                header=A.header(a.ckpt, args), progress=not args.quiet)
+                                header=A.header(a.ckpt, args), progress=not args.quiet,
+                                end_statistics=A.end_statistics(a.model, b.ckpt, args))
             barriers[name] = {split: barrier_heights(t, s[f"{split}_loss"]) for split in args.split}
             curves[name] = {split: s[f"{split}_loss"] for split in args.split}
             drawn.interpolations.append((name, s))

@@ -180,8 +180,8 @@ def random_surface(objs: dict[str, Any], head: dict[str, Any], stem: str, axes: 
     from landscape.landscapes.surface import compute_surface
 
     train = objs.get("train") or next(iter(objs.values()))
-    request = {"checkpoint": head["checkpoint"]["sha256"], "seed": seed, "norm": norm, "bias_bn": bias_bn,
-               "params": params, "dtype": dtype}
+    request = {"checkpoint": head["checkpoint"]["sha256"], "dims": len(axes), "seed": seed, "norm": norm,
+               "bias_bn": bias_bn, "params": params, "dtype": dtype}
     dirs = cached_directions(stem, request, lambda: random_directions(
         train, len(axes), seed=seed, norm=norm, bias_bn=bias_bn), restart)
     return compute_surface(objs, dirs, axes, bn=bn, bn_source=objs.get("train"), chunk_size=chunk,
@@ -251,6 +251,19 @@ def make_directions(args: argparse.Namespace, obj: Any, dims: int, progress: boo
     raise ValueError(f"unknown directions {kind!r}")
 
 
+def end_statistics(model: Any, end: Any, args: argparse.Namespace) -> dict[str, torch.Tensor] | None:
+    """Under ``--bn frozen``, the BatchNorm running statistics of an interpolation's end checkpoint ``end`` (a
+    path or a loaded checkpoint), to move with the weights; None otherwise or without BatchNorm."""
+    from landscape.checkpoint import Checkpoint, load_checkpoint
+    from landscape.landscapes.batchnorm import running_statistics
+
+    if args.bn != "frozen":
+        return None
+    ckpt = end if isinstance(end, Checkpoint) else load_checkpoint(
+        end, allow_state_dict=True, strip_prefix=getattr(args, "strip_prefix", None))
+    return running_statistics(model, ckpt.state_dict, where=f"{ckpt.path}: ") or None
+
+
 def default_axes(args: argparse.Namespace, dirs: Any, dims: int) -> list[np.ndarray]:
     kind = dirs.meta["kind"]
     if kind == "interpolation":
@@ -285,13 +298,15 @@ def compute(args: argparse.Namespace, dims: int, tag: str) -> tuple[Any, str]:
     train = objs.get("train") or objectives(model, data, args, device, ["train"])["train"]
     stem = args.out or default_stem(ckpt.path, f"{tag}-{args.directions}")
     head = header(ckpt, args)
-    request = {"checkpoint": head["checkpoint"]["sha256"], **{k: getattr(args, k, None) for k in (
+    request = {"checkpoint": head["checkpoint"]["sha256"], "dims": dims, **{k: getattr(args, k, None) for k in (
         "directions", "norm", "bias_bn", "seed", "to", "through", "trajectory", "eig_tol", "params", "dtype",
         "subset")}}
     dirs = cached_directions(stem, request, lambda: make_directions(args, train, dims, not args.quiet), args.restart)
     axes = default_axes(args, dirs, dims)
+    ends = end_statistics(model, args.to, args) if dirs.meta["kind"] == "interpolation" else None
     surface = compute_surface(objs, dirs, axes, bn=args.bn, bn_source=train, chunk_size=chunk_size(args),
-                              path=f"{stem}.npz", resume=not args.restart, header=head, progress=not args.quiet)
+                              path=f"{stem}.npz", resume=not args.restart, header=head, progress=not args.quiet,
+                              end_statistics=ends)
     return surface, stem
 
 

@@ -8,11 +8,15 @@
   train mode (dropout stays off); then the point is evaluated in eval mode with those statistics.
   Points are evaluated one at a time. The model itself is never modified: the statistics live in
   fresh tensors passed to ``functional_call``; momenta and train flags are restored.
+
+Along an interpolation between two checkpoints, ``frozen`` moves the running statistics linearly with the
+weights, from the first checkpoint's to the second's (:func:`running_statistics`, the ``end_statistics`` of
+:func:`~landscape.landscapes.surface.compute_surface`), so both end points are the checkpoints themselves.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import torch
 import torch.nn as nn
@@ -45,6 +49,19 @@ def _statistics_mode(model: nn.Module) -> Iterator[None]:
             m.training = flag
 
 
+def running_statistics(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
+                       where: str = "") -> dict[str, torch.Tensor]:
+    """The running means and variances of ``model``'s BatchNorm layers as ``state_dict`` (another checkpoint of
+    the same model) holds them; empty without BatchNorm. A one-line ValueError if one is missing."""
+    out = {}
+    for name, _ in batchnorm_modules(model):
+        for key in (f"{name}.running_mean", f"{name}.running_var") if name else ("running_mean", "running_var"):
+            if key not in state_dict:
+                raise ValueError(f"{where}has no BatchNorm statistics {key!r}; is it the same architecture?")
+            out[key] = state_dict[key]
+    return out
+
+
 def recompute_statistics(obj: Any, w: torch.Tensor, source: Any) -> dict[str, torch.Tensor]:
     """Fresh BatchNorm buffers for the model at ``w`` (``obj``'s parameter vector), estimated on
     ``source``'s micro-batches (an :class:`~landscape.objective.Objective` on the training data, run through
@@ -67,4 +84,4 @@ def recompute_statistics(obj: Any, w: torch.Tensor, source: Any) -> dict[str, to
     return buffers
 
 
-__all__ = ["BN_POLICIES", "batchnorm_modules", "recompute_statistics"]
+__all__ = ["BN_POLICIES", "batchnorm_modules", "recompute_statistics", "running_statistics"]

@@ -6,16 +6,18 @@ end point). At each point every split's full-data (or fixed-subset) loss and acc
 by :meth:`~landscape.objective.Objective.evaluate_many`, ``chunk_size`` points per ``vmap``-ed
 forward pass (``"auto"``: sized to memory and timed, see
 :meth:`~landscape.objective.Objective.auto_chunk_size`); with 1, point after point in the module itself
-(runs of up to :data:`POINT_RUN` points per call), a first layer on the raw input served from products
-(:mod:`landscape.objective.pointwise`).
+(runs of up to :data:`POINT_RUN` points per call, shortened where one takes longer than ``save_interval``), a
+first layer on the raw input served from products (:mod:`landscape.objective.pointwise`).
 
 The result file (``.npz``, loadable with ``allow_pickle=False``) holds ``axis_0`` (and
 ``axis_1``), one array per metric (``train_loss``, ``train_acc``, ``test_loss``, ...; shape
 ``(len(axis_0), len(axis_1))``, i.e. ``[i, j]`` is the point ``(axis_0[i], axis_1[j])``, NaN where
 not computed yet), ``done`` (bool, same shape) and ``meta`` (a JSON string: directions with seed,
-normalization and SHA-256, axes, splits, BatchNorm policy, dtype, checkpoint hash, ...). It is
+normalization and SHA-256, axes, splits with a fingerprint of their data and their loss, BatchNorm policy,
+dtype, checkpoint hash, ...). It is
 rewritten atomically after finished chunks (at most every ``save_interval`` seconds, and always
-at the end or on an exception). Run again with the same settings and only the missing chunks are
+at the end or on an exception; point by point in one process, also inside a run, whose finished points an
+exception keeps). Run again with the same settings and only the missing chunks are
 computed; the chunk layout (``meta["chunk_size"]``) is the file's, so a resumed run evaluates
 exactly the chunks an uninterrupted one would have, and gives the same numbers. A file made with
 other settings is never silently overwritten.
@@ -26,6 +28,8 @@ ranks return the complete surface.
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import time
@@ -37,6 +41,7 @@ import numpy as np
 import torch
 
 from landscape import distributed as D
+from landscape.objective import pointwise
 from landscape.landscapes.batchnorm import BN_POLICIES, recompute_statistics
 from landscape.landscapes.directions import Directions
 
@@ -152,6 +157,21 @@ def _verify(previous: Surface, settings: dict[str, Any], path: str | os.PathLike
                              f"recompute it or choose another output")
 
 
+def _data_digest(obj: Any) -> str:
+    """SHA-256 of the shapes, dtypes and up to 4096 evenly spaced values of every tensor of ``obj``'s data (in
+    memory) or first batch (a stream): what tells a resumed file's data from other data of the same size."""
+    from landscape.objective.batches import tensors
+    from landscape.objective.sources import TensorSource
+
+    source = obj.source
+    h = hashlib.sha256()
+    for t in tensors(source.data if isinstance(source, TensorSource) else source.first()):
+        flat = t.detach().reshape(-1)
+        h.update(f"{tuple(t.shape)} {t.dtype};".encode())
+        h.update(flat[::max(1, flat.numel() // 4096)][:4096].to("cpu", torch.float64).numpy().tobytes())
+    return h.hexdigest()
+
+
 def compute_surface(
     objectives: Mapping[str, Any],
     directions: Directions,
@@ -166,13 +186,17 @@ def compute_surface(
     progress: bool = False,
     on_chunk: Callable[[Surface], None] | None = None,
     save_interval: float = 1.0,
+    end_statistics: Mapping[str, torch.Tensor] | None = None,
 ) -> Surface:
     """Loss and accuracy of every split in ``objectives`` (``{"train": Objective, "test": ...}``, all of
     the same model and parameter selection, built with ``shard=False`` under ``torchrun``) at every
     point of the grid ``axes`` (one per direction) around the objectives' ``w0``.
 
     ``bn``: ``frozen`` or ``recompute`` (statistics re-estimated per point on ``bn_source``, default the
-    ``train`` objective; point by point). ``path``: the result file (see the module docstring); with
+    ``train`` objective; point by point). ``end_statistics``: the BatchNorm running statistics of an
+    interpolation's end point (``{buffer name: tensor}``, one direction); under ``frozen`` each point's
+    statistics are then ``(1 - t)`` the model's plus ``t`` these (point by point), so ``t = 0`` and ``t = 1`` are
+    the two checkpoints. ``path``: the result file (see the module docstring); with
     ``resume`` an unfinished file of the same settings is continued. ``header``: extra metadata that
     must match on resume (checkpoint hash, data, subset, ...). ``on_chunk(surface)``: called after
     every round of chunks (tests use it to interrupt a run). The model is never modified.
@@ -197,6 +221,17 @@ def compute_surface(
         bn_source = bn_source if bn_source is not None else objectives.get("train")
         if bn_source is None:
             raise ValueError("bn='recompute' needs the training data: include the train split or pass bn_source")
+    interpolated = bn == "frozen" and bool(end_statistics)
+    if interpolated:
+        if directions.k != 1:
+            raise ValueError("end_statistics go with one direction (an interpolation)")
+        start = first.state()
+        for k, v in end_statistics.items():
+            if k not in start or start[k].shape != v.shape:
+                raise ValueError(f"end_statistics {k!r}: the model has no buffer of that name and shape")
+        ends = {k: (start[k].double(), v.to(start[k].device, torch.float64), start[k].dtype)
+                for k, v in sorted(end_statistics.items())}
+        end_digest = hashlib.sha256(b"".join(b.cpu().numpy().tobytes() for _, b, _ in ends.values())).hexdigest()
 
     metric_names = [f"{s}_{m}" for s in objectives for m in ("loss", "acc")]
     shape = tuple(len(a) for a in axes)
@@ -205,9 +240,10 @@ def compute_surface(
         "format": FORMAT, "format_version": FORMAT_VERSION, **(header or {}),
         "directions": {**directions.meta, "count": directions.k, "sha256": directions.digest()},
         "axes": [a.tolist() for a in axes],
-        "splits": {name: {"samples": obj.num_samples, "batch_size": obj.batch_size}
-                   for name, obj in objectives.items()},
+        "splits": {name: {"samples": obj.num_samples, "batch_size": obj.batch_size, "data": _data_digest(obj),
+                          "loss": obj.loss_spec.describe()} for name, obj in objectives.items()},
         "bn": bn, "dtype": str(first.dtype).replace("torch.", ""),
+        **({"bn_end": {"sha256": end_digest}} if interpolated else {}),
         "parameters": {"count": first.num_params, "tensors": len(first.names)},
     })
 
@@ -223,7 +259,7 @@ def compute_surface(
         chunk = int(previous.meta["chunk_size"])
         surface = Surface(axes, {k: v.copy() for k, v in previous.values.items()}, previous.done.copy(), {})
     else:
-        if bn == "recompute":
+        if bn == "recompute" or interpolated:
             chunk = 1
         elif chunk_size == "auto":
             chunk = first.auto_chunk_size(points=n_points)
@@ -242,9 +278,36 @@ def compute_surface(
     flat_done = surface.done.reshape(-1)
     chunks = [(i, min(i + chunk, n_points)) for i in range(0, n_points, chunk)]
     pending = [c for c in chunks if not flat_done[c[0]:c[1]].all()]
-    if chunk == 1 and bn == "frozen":  # point by point: runs of pending points per call, their weights <= 64 MiB
-        run = (64 << 20) // max(1, first.num_params * first.w0.element_size())
-        pending = _runs([lo for lo, _ in pending], max(1, min(POINT_RUN, run)))
+    by_point = chunk == 1 and bn == "frozen" and not interpolated
+    # point by point: runs of pending points per call, their weights <= 64 MiB, shortened to take about
+    # save_interval after a longer one; a single process keeps a run's finished points (saved every
+    # save_interval, and on an exception) through pointwise.reporting_points
+    longest = max(1, min(POINT_RUN, (64 << 20) // max(1, first.num_params * first.w0.element_size())))
+    run_length = longest
+    world, me = D.world_size(), D.rank()
+    partial: tuple | None = None  # (lo, n, sums, out, col) of the run under way: n points of it finished
+
+    def keep_partial() -> None:
+        """Record the finished points of the run under way (all splits done there)."""
+        nonlocal partial
+        if partial is None:
+            return
+        lo, n, sums, out, col = partial
+        partial = None
+        s = sums()
+        out[:n, col] = (s[:, 0] / s[:, 1]).cpu().numpy()  # as evaluate_many divides them
+        if float(s[0, 3]) != 0:
+            out[:n, col + 1] = (s[:, 2] / s[:, 3]).cpu().numpy()
+        record(lo, out[:n])
+
+    def reporting(lo: int, out: np.ndarray, col: int) -> Any:
+        def hook(obj: Any, n: int, sums: Callable[[], torch.Tensor]) -> None:
+            nonlocal partial
+            partial = (lo, n, sums, out, col)
+            if path is not None and time.perf_counter() - last_save >= save_interval:
+                keep_partial()
+                save()
+        return pointwise.reporting_points(hook)
     # Points are formed in float64: on the device, or on the CPU where the device has no float64 (MPS).
     forming = first.device if D.accumulation_dtype(first.device) == torch.float64 else torch.device("cpu")
     base = first.w0.detach().to(forming, torch.float64)
@@ -253,21 +316,48 @@ def compute_surface(
     def evaluate(lo: int, hi: int) -> np.ndarray:
         W = grid_points(base, dirs, grid[lo:hi], first.dtype).to(first.device)
         out = np.full((hi - lo, len(metric_names)), np.nan)
-        rows = range(hi - lo) if bn == "recompute" else [None]
+        rows = range(hi - lo) if bn == "recompute" or interpolated else [None]
         for r in rows:
             sl = slice(None) if r is None else slice(r, r + 1)
-            buffers = recompute_statistics(first, W[r], bn_source) if r is not None else None
+            buffers = None
+            if bn == "recompute":
+                buffers = recompute_statistics(first, W[r], bn_source)
+            elif r is not None:  # interpolated statistics, formed in float64 as the weights are
+                t = float(grid[lo + r, 0])
+                buffers = {k: ((1.0 - t) * a + t * b).to(dtype) for k, (a, b, dtype) in ends.items()}
             col = 0
             for obj in objectives.values():
-                res = obj.evaluate_many(W[sl], chunk_size=chunk if r is None else 1, buffers=buffers,
-                                        plane=(base, dirs, grid[lo:hi][sl]))
+                last = col == len(metric_names) - 2
+                with reporting(lo, out, col) if by_point and world == 1 and last else contextlib.nullcontext():
+                    res = obj.evaluate_many(W[sl], chunk_size=chunk if r is None else 1, buffers=buffers,
+                                            plane=(base, dirs, grid[lo:hi][sl]))
                 out[sl, col] = res["loss"]
                 if res["acc"] is not None:
                     out[sl, col + 1] = res["acc"]
                 col += 2
         return out
 
-    world, me = D.world_size(), D.rank()
+    def record(lo: int, rows: np.ndarray) -> None:
+        """Metric rows of the points from ``lo`` on: stored, marked done and counted (once)."""
+        hi = lo + len(rows)
+        for col, name in enumerate(metric_names):
+            surface.values[name].reshape(-1)[lo:hi] = rows[:, col]
+        new = int((~flat_done[lo:hi]).sum())
+        flat_done[lo:hi] = True
+        runtime["points_computed"] += new
+        advance(new)
+
+    def rounds() -> Any:
+        """Each round's chunks (one per rank); point runs as long as ``run_length`` is when they are dealt."""
+        if not by_point:
+            for r0 in range(0, len(pending), world):
+                yield pending[r0:r0 + world]
+            return
+        queue = [lo for lo, _ in pending]
+        while queue:
+            runs = _runs(queue[:world * run_length], run_length)[:world]
+            queue = queue[sum(hi - lo for lo, hi in runs):]
+            yield runs
     last_save = time.perf_counter()
     unsaved = False
 
@@ -284,26 +374,32 @@ def compute_surface(
     with progress_bar(f"surface {'x'.join(map(str, shape))}", n_points, progress) as advance:
         advance(int(flat_done.sum()))
         try:
-            for r0 in range(0, len(pending), world):
-                round_chunks = pending[r0:r0 + world]
+            for round_chunks in rounds():
                 box = torch.zeros(world, max(hi - lo for lo, hi in round_chunks), len(metric_names),
                                   dtype=torch.float64)
                 if me < len(round_chunks):
                     lo, hi = round_chunks[me]
+                    t0 = time.perf_counter()
                     box[me, :hi - lo] = torch.from_numpy(evaluate(lo, hi))
+                    partial, took = None, time.perf_counter() - t0
+                    if by_point and took > save_interval:
+                        run_length = max(1, int(run_length * save_interval / took))
+                    elif by_point and took < save_interval / 2:
+                        run_length = min(longest, 2 * run_length)
+                if by_point and world > 1:
+                    run_length = _broadcast_int(run_length, first.device)  # every rank deals the same runs
                 if world > 1:
                     box = D.all_reduce_sum(box)  # float64 on the CPU, moved where the backend takes it
                 for k, (lo, hi) in enumerate(round_chunks):
-                    for col, name in enumerate(metric_names):
-                        surface.values[name].reshape(-1)[lo:hi] = box[k, :hi - lo, col].numpy()
-                    flat_done[lo:hi] = True
-                    runtime["points_computed"] += hi - lo
-                    advance(hi - lo)
+                    record(lo, box[k, :hi - lo].numpy())
                 unsaved = True
                 save()
                 if on_chunk is not None:
                     on_chunk(surface)
         finally:
+            if partial is not None:  # interrupted inside a run: its finished points are kept
+                keep_partial()
+                unsaved = True
             if unsaved or previous is None or not surface.meta.get("complete"):
                 save(force=True)
     return surface

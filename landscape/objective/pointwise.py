@@ -19,7 +19,8 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from contextvars import ContextVar
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -36,6 +37,21 @@ CPU_BATCH_BYTES = 4 << 20
 """On a CPU, in-memory micro-batches are merged while one merged batch's activations stay below this (a cache's
 scale): fewer, larger calls per point. Measured at 1 thread, 11x11 surfaces: 1.2-1.5x faster on the small
 workloads of ``benchmarks/workloads.py``; a CNN with 4 MB per micro-batch was 4% slower merged, so it stays."""
+
+
+_POINT_HOOK: ContextVar[Callable[..., None] | None] = ContextVar("landscape_point_hook", default=None)
+
+
+@contextlib.contextmanager
+def reporting_points(hook: Callable[[Any, int, Callable[[], torch.Tensor]], None]) -> Iterator[None]:
+    """Within: :func:`evaluate_points` on in-memory data calls ``hook(obj, n, sums)`` after each finished point,
+    ``n`` the points of the call finished so far and ``sums()`` their ``(n, 4)`` sums (as the call would return
+    them), so a caller can keep finished points of a call that is interrupted or long."""
+    token = _POINT_HOOK.set(hook)
+    try:
+        yield
+    finally:
+        _POINT_HOOK.reset(token)
 
 
 def supported(obj: Any) -> bool:
@@ -149,9 +165,10 @@ class FirstLayers:
     def _forward(self, m: nn.Module, ws: slice, bs: slice | None) -> Any:
         real = type(m).forward.__get__(m)
 
-        def forward(x: Any, *rest: Any) -> Any:
-            if self.coef is None or rest or type(x) is not torch.Tensor:
-                return real(x, *rest)
+        def forward(*args: Any, **kwargs: Any) -> Any:  # called as the layer is: positionally or input=x
+            x = args[0] if args else kwargs.get("input")
+            if self.coef is None or len(args) + len(kwargs) != 1 or type(x) is not torch.Tensor:
+                return real(*args, **kwargs)
             # a kept entry's input lies in a live batch tensor's memory, so the same address is a view of it
             got = self.products.get((id(m), x.data_ptr(), x.shape, x.stride(), x.dtype))
             if got is None:
@@ -263,7 +280,8 @@ def evaluate_points(obj: Any, W: torch.Tensor, row: Any, plane: tuple | None = N
                 first.check(W[-1], coords[-1])
                 coefs = torch.tensor(np.concatenate([np.ones((len(W), 1)), coords], 1), dtype=obj.dtype,
                                      device=obj.device)
-            values = []
+            values: list[LossValue] = []
+            hook = _POINT_HOOK.get()
             for r, w in enumerate(W):
                 written.write(w)
                 if first:
@@ -274,6 +292,8 @@ def evaluate_points(obj: Any, W: torch.Tensor, row: Any, plane: tuple | None = N
                     values.append(_value(obj, batch, i))
                 if first and r == 0:
                     first.prune()
+                if hook is not None:
+                    hook(obj, r + 1, lambda n=r + 1: _sums(obj, values[:n * len(batches)], n))
             sums = _sums(obj, values, len(W))
         else:
             for i, batch in source.batches():
@@ -286,4 +306,4 @@ def evaluate_points(obj: Any, W: torch.Tensor, row: Any, plane: tuple | None = N
     return sums, rows
 
 
-__all__ = ["FirstLayers", "LAYERS", "Written", "evaluate_points", "supported"]
+__all__ = ["FirstLayers", "LAYERS", "Written", "evaluate_points", "reporting_points", "supported"]
