@@ -73,6 +73,28 @@ def test_a_model_that_fails_on_all_rows_keeps_one_graph_per_micro_batch(data):
                                rtol=1e-12, atol=1e-14)
 
 
+def test_losses_not_additive_over_rows_keep_the_micro_batches(data):
+    """A per-batch mean over something else than rows (a class-weighted cross-entropy, a loss_fn's bare mean over
+    tokens) defines the loss micro-batch by micro-batch: products and point evaluations keep them (a graph of all
+    rows gave a Hessian 15-19% off), while an additive loss merges."""
+    x, y = data
+    model = small_mlp()
+    weighted = nn.CrossEntropyLoss(weight=torch.tensor([1.0, 5.0, 0.2], dtype=torch.float64))
+
+    def bare_mean(m, batch):
+        return nn.functional.cross_entropy(m(batch[0]), batch[1], weight=weighted.weight)
+
+    V = torch.randn(2, sum(p.numel() for p in model.parameters()), dtype=torch.float64)
+    for loss, additive in ((weighted, False), (bare_mean, False), (nn.CrossEntropyLoss(), True)):
+        obj = Objective(model, x, y, loss=loss, batch_size=8)
+        plain = Objective(model, x, y, loss=loss, batch_size=8, cache_graph=False)
+        torch.testing.assert_close(obj.hvp(V), plain.hvp(V), rtol=1e-12, atol=1e-14)
+        assert obj._merged == additive
+        W = obj.params()[None] + 0.01 * V
+        pointwise_loss = obj.evaluate_many(W, chunk_size=1)["loss"]  # point by point in the module
+        np.testing.assert_allclose(pointwise_loss, plain.evaluate_many(W, chunk_size=2)["loss"], rtol=1e-12)
+
+
 def test_gradient_graph_cache(data):
     x, y = data
     model = bn_net()

@@ -766,12 +766,12 @@ class Objective:
     def _prepare_graphs(self) -> None:
         """Before the first kept-graph product over in-memory data of several micro-batches: decide from the first
         micro-batch's graph whether graphs are kept (:meth:`_gradient_graph`) and, if they are and twice their
-        projected total fits the budget (the graph and one product's intermediates), keep one graph of all rows
-        instead of one per micro-batch (``batch_size`` bounds memory; results do not depend on it beyond
-        rounding). A product is then one second backward over large tensors instead of one per micro-batch: the
-        single-vector product took 0.6-0.75x the time on the six small workloads of ``benchmarks/workloads.py``
-        (two micro-batches each; one thread, CPU). A model or loss that fails on the merged rows keeps the
-        micro-batches."""
+        projected total fits the budget (the graph and one product's intermediates) and the loss is additive over
+        rows (:attr:`~landscape.objective.loss.Loss.additive`: the micro-batches' totals are then the merged
+        rows' total), keep one graph of all rows instead of one per micro-batch. A product is then one second
+        backward over large tensors instead of one per micro-batch: the single-vector product took 0.6-0.75x the
+        time on the six small workloads of ``benchmarks/workloads.py`` (two micro-batches each; one thread, CPU).
+        A model or loss that fails on the merged rows keeps the micro-batches."""
         if self._merged or self._graphs or self.cache_graph is False or not isinstance(self.source, TensorSource):
             return
         batches = self.source.num_batches or 1
@@ -781,7 +781,7 @@ class Objective:
                 self._gradient_graph(0, self.source.first())  # measured: kept if every micro-batch's would fit
                 if self.cache_graph is not True or 2 * self._graph_bytes * batches > self._graph_budget():
                     return
-            if batches <= 1:
+            if batches <= 1 or not self.loss_spec.additive:  # a per-batch mean of anything but rows: as defined
                 return
             try:
                 graph = products.gradient_graph(self, self.source.data, 0)

@@ -61,6 +61,10 @@ class Loss:
     (the empirical Fisher) raise :class:`LossError` where the protocol cannot give them."""
 
     name = "loss"
+    additive = False
+    """Whether a batch's ``total`` is the sum of its rows' (each row's loss depends on that row alone), so that
+    micro-batches merged into one give the same totals: what lets the objective evaluate and keep graphs on
+    merged rows. False where unknown (a batch mean over weighted classes is not)."""
 
     def value(self, model: nn.Module, batch: Any) -> LossValue:
         raise NotImplementedError
@@ -90,6 +94,8 @@ def _pair(batch: Any, what: str) -> tuple[Any, Any]:
 
 class TaskLoss(Loss):
     """The built-in loss of ``task`` on ``(x, y)`` batches (see :func:`landscape.losses.loss_fn`)."""
+
+    additive = True
 
     def __init__(self, task: str = "classification", label_smoothing: float = 0.0) -> None:
         self.task, self.label_smoothing = task, float(label_smoothing)
@@ -254,6 +260,9 @@ class Criterion(Loss):
         self.name = _name(criterion)
         self.summed = getattr(criterion, "reduction", "mean") == "sum"
         self.ignore_index = getattr(criterion, "ignore_index", None)
+        # a sum, or one of torch's losses without class weights (whose mean divides by the weights' sum)
+        self.additive = self.summed or (isinstance(criterion, nn.modules.loss._Loss)
+                                        and getattr(criterion, "weight", None) is None)
 
     def _forward(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, Any]:
         inputs, target = self.split(batch)
@@ -340,15 +349,23 @@ class BatchLoss(Loss):
 
     def __init__(self, fn: Callable[[nn.Module, Any], Any], name: str | None = None) -> None:
         self.fn, self.name = fn, name or _name(fn)
+        self._means: bool | None = None  # whether a call returned a bare batch mean (None: not called yet)
+
+    @property
+    def additive(self) -> bool:  # type: ignore[override]
+        """Sums and per-sample losses are; a bare batch mean may average over anything (known after a call)."""
+        return self._means is False
 
     def _call(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, Any, Any]:
         got = self.fn(model, batch)
         loss = getattr(got, "loss", None)  # a model output that carries its loss (HuggingFace's ModelOutput)
         if isinstance(loss, torch.Tensor) and not isinstance(got, torch.Tensor):
             got = loss
+        mean = isinstance(got, torch.Tensor) and got.dim() != 1 and got.numel() == 1
+        self._means = mean or bool(self._means)
         if isinstance(got, torch.Tensor) and got.dim() == 1:  # per-sample losses
             return got, got.numel(), None
-        if isinstance(got, torch.Tensor) and got.numel() == 1:  # the batch's mean loss: weighted by its rows
+        if mean:  # the batch's mean loss: weighted by its rows
             n = num_rows(batch)
             return got.reshape(()) * n, n, None
         if not isinstance(got, (tuple, list)) or len(got) not in (2, 3):

@@ -220,7 +220,7 @@ def _value(obj: Any, batch: Any, index: int) -> LossValue:
 def _merged(obj: Any, budget: int) -> list[tuple[int, Any]]:
     """The micro-batches to evaluate a point on: in-memory tensors in merged batches of whole micro-batches
     whose activations (measured once per objective) fit :data:`CPU_BATCH_BYTES` on a CPU or ``budget``
-    elsewhere; a stream's batches as they are."""
+    elsewhere, where the loss is additive over rows; a stream's batches as they are."""
     source = obj.source
     if not isinstance(source, TensorSource) or not source.rows:
         return list(source.batches())
@@ -230,7 +230,7 @@ def _merged(obj: Any, budget: int) -> list[tuple[int, Any]]:
         per_row = obj._activation_bytes(first) / max(1, num_rows(first))
         limit = CPU_BATCH_BYTES if obj.device.type == "cpu" else budget
         rows = obj._point_batch = source.batch_size * max(1, int(limit // max(per_row * source.batch_size, 1.0)))
-    if rows <= source.batch_size:
+    if rows <= source.batch_size or not obj.loss_spec.additive:  # a per-batch mean of anything but rows: as defined
         return list(source.batches())
     return list(enumerate(take_rows(source.data, slice(i, i + rows), source.rows) for i in range(0, source.rows, rows)))
 
