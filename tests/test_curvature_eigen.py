@@ -275,3 +275,19 @@ def test_eigenvalue_rows_show_the_accuracy_and_why_it_stopped():
     assert rows["  accuracy (estimated |error|)"].startswith(f"{r.accuracy[0]:.1e}, ")
     power = power_iteration(MatrixOperator(spectrum_matrix(decaying_spectrum(50))), 1)
     assert "  accuracy (estimated |error|)" not in dict(_eig_rows({"k": 1, **power.to_dict()}))
+
+
+@pytest.mark.parametrize("which", ["smallest", "both"])
+def test_lanczos_finds_every_zero_of_a_rank_deficient_hessian(which):
+    """A rank-deficient operator's Krylov space turns invariant before it holds k zeros: every Ritz value then
+    passes, yet the other zeros lie outside it; Lanczos goes on until a direction leaves the wanted values as
+    they were (before: [0, 1.03, 1.22, 1.24, 1.34] reported as the five smallest, converged)."""
+    rng = np.random.default_rng(1)
+    Q = np.linalg.qr(np.random.default_rng(0).standard_normal((200, 200)))[0]
+    A = torch.tensor(Q @ np.diag(np.r_[rng.uniform(1, 2, 8), np.zeros(192)]) @ Q.T)
+    A = (A + A.T) / 2
+    r = lanczos(MatrixOperator(A), 5, which=which)
+    exact = np.linalg.eigvalsh(A.numpy())
+    want = exact[:5] if which == "smallest" else np.r_[exact[::-1][:5], exact[:5]]
+    assert r.converged
+    np.testing.assert_allclose(r.eigenvalues, want, atol=1e-12)

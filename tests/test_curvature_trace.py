@@ -333,3 +333,12 @@ def test_trace_methods_check_their_input():
         estimate_trace(MatrixOperator(decaying(50)), "hutch")
     assert estimate_trace(MatrixOperator(decaying(50)), "hutchpp-random", max_samples=30).method == "hutchpp-random"
     assert DEFAULT_TRACE_METHOD in TRACE_METHODS
+
+
+@pytest.mark.parametrize("method", ["hutchpp-random", "hutchpp-lanczos", "hutchpp-block"])
+def test_hutchpp_is_exact_on_tiny_operators_within_budget(method):
+    """``max_samples >= P`` gives the exact trace for every P, also below Hutch++'s smallest sketch (it raised)."""
+    for P in (1, 2, 3):
+        A = torch.diag(torch.tensor([-3.0, 1.0, 2.5], dtype=torch.float64)[:P])
+        r = estimate_trace(MatrixOperator(A), method, max_samples=P, rtol=None)
+        assert r.trace == pytest.approx(float(torch.trace(A)), abs=1e-12) and r.stderr == 0.0

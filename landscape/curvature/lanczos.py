@@ -154,6 +154,7 @@ def lanczos(
     Q[0, 0] = start_vector(v0, P, gen).to(Q)
     noise, beta_prev = NoiseFloor(), 0.0
     j, fresh, steps, converged, stopped_by = 0, 0, 0, False, "max_matvecs"
+    probe: np.ndarray | None = None  # the wanted Ritz values when the Krylov space last became invariant
     with progress_bar(f"Lanczos ({op.name}, top {k} {which})", max_matvecs, progress) as advance:
         while True:
             W, beta = krylov_step(op, Q, T, j)
@@ -171,11 +172,23 @@ def lanczos(
                 history.append({"matvecs": steps, "eigenvalues": theta[idx].copy(), "residual_estimates": est,
                                 "error_bounds": bound, "noise": floor})
             advance(1, residual=f"{rel.max():.1e}")
-            if m >= n_want and bool(np.all(rel <= tol)) or m == P:
+            by_tol = m >= n_want and bool(np.all(rel <= tol)) or m == P
+            by_noise = precision_stop and m >= n_want and noise.ready and bool(np.all(
+                (est if return_vectors else bound) <= floor))
+            if (by_tol or by_noise) and m < P and float(beta[0]) <= max(tol, eps_op ** 0.75) * max(scale, 1e-300):
+                # an invariant Krylov space (to tol): every Ritz value passes, but eigenvalues outside it (the
+                # other copies of a zero eigenvalue of a rank-deficient Hessian) may be more extreme; it goes on in
+                # a direction orthogonal to it (random at rounding level) until a step leaves the wanted values
+                # as they were
+                values = theta[idx]
+                settled = probe is not None and len(probe) == len(values) and bool(np.all(
+                    np.abs(values - probe) <= np.maximum(tol * np.abs(values), floor)))
+                probe = values.copy()
+                by_tol, by_noise = settled and by_tol, settled and by_noise
+            if by_tol:
                 converged, stopped_by = True, "tol"
                 break
-            if precision_stop and m >= n_want and noise.ready and bool(np.all(
-                    (est if return_vectors else bound) <= floor)):
+            if by_noise:
                 converged, stopped_by = True, "noise"
                 break
             if steps >= max_matvecs:
