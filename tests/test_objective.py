@@ -68,7 +68,7 @@ def test_a_model_that_fails_on_all_rows_keeps_one_graph_per_micro_batch(data):
     obj = Objective(model, x, y, batch_size=8)
     V = torch.randn(2, obj.num_params, dtype=torch.float64)
     got = obj.hvp(V)
-    assert not obj._merged and len(obj._graphs) == 6
+    assert obj._group_rows is None and len(obj._graphs) == 6
     torch.testing.assert_close(got, Objective(model, x, y, batch_size=8, cache_graph=False).hvp(V),
                                rtol=1e-12, atol=1e-14)
 
@@ -89,10 +89,30 @@ def test_losses_not_additive_over_rows_keep_the_micro_batches(data):
         obj = Objective(model, x, y, loss=loss, batch_size=8)
         plain = Objective(model, x, y, loss=loss, batch_size=8, cache_graph=False)
         torch.testing.assert_close(obj.hvp(V), plain.hvp(V), rtol=1e-12, atol=1e-14)
-        assert obj._merged == additive
+        assert (obj._group_rows is not None) == additive
         W = obj.params()[None] + 0.01 * V
         pointwise_loss = obj.evaluate_many(W, chunk_size=1)["loss"]  # point by point in the module
         np.testing.assert_allclose(pointwise_loss, plain.evaluate_many(W, chunk_size=2)["loss"], rtol=1e-12)
+
+
+def test_kept_graphs_merge_micro_batches_up_to_a_size(data, monkeypatch):
+    """On a CPU, micro-batches merge into kept graphs of at most GRAPH_GROUP_BYTES (large graphs were slower
+    merged); the products are the micro-batches' to rounding."""
+    import landscape.objective.core as core
+
+    x, y = data
+    model = bn_net()
+    ref = Objective(model, x, y, batch_size=8, cache_graph=False)
+    V = torch.randn(3, ref.num_params, dtype=torch.float64)
+    with eval_mode(model):
+        one = graph_bytes(gradient_graph(ref, ref.source.first())[1])
+    monkeypatch.setattr(core, "GRAPH_GROUP_BYTES", int(2.5 * one))
+    obj = Objective(model, x, y, batch_size=8)
+    torch.testing.assert_close(obj.hvp(V), ref.hvp(V), rtol=1e-13, atol=1e-15)
+    assert obj._group_rows == 16 and len(obj._graphs) == 4  # 50 rows: 16 + 16 + 16 + 2
+    obj.release_graphs()
+    torch.testing.assert_close(obj.hvp(V), ref.hvp(V), rtol=1e-13, atol=1e-15)  # rebuilt in the same groups
+    assert len(obj._graphs) == 4
 
 
 def test_gradient_graph_cache(data):
@@ -103,12 +123,12 @@ def test_gradient_graph_cache(data):
     ref = plain.hvp(V)
     auto = Objective(model, x, y, batch_size=8)
     torch.testing.assert_close(auto.hvp(V), ref, rtol=1e-13, atol=1e-15)
-    assert auto.cache_graph is True and auto._merged and len(auto._graphs) == 1  # tiny graphs: one of all rows
+    assert auto.cache_graph is True and auto._group_rows == 56 and len(auto._graphs) == 1  # tiny: one of all rows
     per_batch = Objective(model, x, y, batch_size=8, cache_graph=True, graph_memory=10 ** 9)
     with eval_mode(model):
         per_batch.graph_memory = 2 * graph_bytes(gradient_graph(per_batch, per_batch.source.first())[1]) * 7 - 1
     torch.testing.assert_close(per_batch.hvp(V), ref, rtol=1e-13, atol=1e-15)  # merged would not fit twice
-    assert not per_batch._merged and len(per_batch._graphs) == 7
+    assert per_batch._group_rows is None and len(per_batch._graphs) == 7
     torch.testing.assert_close(auto.hvp(V), ref, rtol=1e-13, atol=1e-15)  # reused
     w = auto.params() + 0.1
     torch.testing.assert_close(auto.hvp(V, w), Objective(model, x, y, cache_graph=False).hvp(V, w))  # elsewhere: fresh

@@ -55,6 +55,9 @@ KINDS = ("hessian", "ggn", "fisher")
 BATCHED_MAX_ELEMENTS_PER_NODE = 4096
 """Kept graphs whose nodes save at most this many elements each, on average, get vmap-ed block products (see
 ``Objective._second_backward``)."""
+GRAPH_GROUP_BYTES = 64 << 20
+"""On a CPU, kept gradient graphs merge micro-batches while a merged graph stays below this
+(``Objective._prepare_graphs``)."""
 
 
 class _Bound(nn.Module):
@@ -167,7 +170,7 @@ class Objective:
         self.cache_graph, self.graph_memory, self.memory = cache_graph, graph_memory, memory
         self._graphs: dict[int, tuple[torch.Tensor, torch.Tensor, Any]] = {}
         self._graph_bytes = 0
-        self._merged = False  # one kept graph of all in-memory rows (:meth:`_prepare_graphs`)
+        self._group_rows: int | None = None  # rows per kept graph of merged micro-batches (:meth:`_prepare_graphs`)
 
         self.names = select_parameters(model, params)
         named = dict(model.named_parameters())
@@ -365,8 +368,10 @@ class Objective:
 
     def _batches(self, use_graphs: bool = False) -> Iterator[tuple[int, Any]]:
         """``(index, batch)`` of one pass; ``batch`` is None where only a cached graph is needed."""
-        if use_graphs and self._merged:  # one graph of all rows
-            yield 0, (None if 0 in self._graphs else self.source.data)
+        if use_graphs and self._group_rows is not None:  # graphs of merged micro-batches
+            source, size = self.source, self._group_rows
+            for i, start in enumerate(range(0, source.rows, size)):
+                yield i, None if i in self._graphs else take_rows(source.data, slice(start, start + size), source.rows)
             return
         if use_graphs and self._graphs and len(self._graphs) == self.source.num_batches:
             yield from ((i, None) for i in sorted(self._graphs))  # every graph cached: no need to read data
@@ -656,7 +661,7 @@ class Objective:
     def _derived(self, source: TensorSource) -> "Objective":
         sub = copy.copy(self)
         sub.source, sub._shard = source, False
-        sub._graphs, sub._graph_bytes, sub._merged = {}, 0, False
+        sub._graphs, sub._graph_bytes, sub._group_rows = {}, 0, None
         sub._mode_chosen = dict(self._mode_chosen)
         sub._stats = sub._tensor_stats() if isinstance(self.loss_spec, TaskLoss) else None
         sub._validated = self._validated
@@ -765,29 +770,38 @@ class Objective:
 
     def _prepare_graphs(self) -> None:
         """Before the first kept-graph product over in-memory data of several micro-batches: decide from the first
-        micro-batch's graph whether graphs are kept (:meth:`_gradient_graph`) and, if they are and twice their
-        projected total fits the budget (the graph and one product's intermediates) and the loss is additive over
-        rows (:attr:`~landscape.objective.loss.Loss.additive`: the micro-batches' totals are then the merged
-        rows' total), keep one graph of all rows instead of one per micro-batch. A product is then one second
-        backward over large tensors instead of one per micro-batch: the single-vector product took 0.6-0.75x the
-        time on the six small workloads of ``benchmarks/workloads.py`` (two micro-batches each; one thread, CPU).
-        A model or loss that fails on the merged rows keeps the micro-batches."""
-        if self._merged or self._graphs or self.cache_graph is False or not isinstance(self.source, TensorSource):
+        micro-batch's graph whether graphs are kept (:meth:`_gradient_graph`) and, if they are, twice their
+        projected total fits the budget (the graphs and one product's intermediates) and the loss is additive
+        over rows (:attr:`~landscape.objective.loss.Loss.additive`: merged micro-batches' total is then their
+        totals' sum), keep graphs of merged micro-batches: as many as keep a graph within
+        :data:`GRAPH_GROUP_BYTES` on a CPU (all of them elsewhere). A product is then one second backward over
+        larger tensors per group instead of one per micro-batch: the single-vector product took 0.6-0.75x the
+        time on the six small workloads of ``benchmarks/workloads.py`` (two micro-batches of 0.6-4.5 MiB graphs
+        each), 0.57-0.77x on the large LSTM, MLP, CNN and ResNet (1.6-15 MiB each, four merged), but 1.1-1.25x on
+        the large ViT and GPT-2 (60 and 91 MiB: too large to merge on a CPU); one thread. A model or loss that
+        fails on merged rows keeps the micro-batches."""
+        if self._group_rows is not None or self._graphs or self.cache_graph is False or \
+                not isinstance(self.source, TensorSource):
             return
         batches = self.source.num_batches or 1
         measured = self.cache_graph == "auto" or self.graph_memory is not None
         with eval_mode(self.model):
-            if measured:
-                self._gradient_graph(0, self.source.first())  # measured: kept if every micro-batch's would fit
-                if self.cache_graph is not True or 2 * self._graph_bytes * batches > self._graph_budget():
-                    return
-            if batches <= 1 or not self.loss_spec.additive:  # a per-batch mean of anything but rows: as defined
+            kept = self._gradient_graph(0, self.source.first())  # measured: kept if every micro-batch's would fit
+            if self.cache_graph is not True or batches <= 1 or not self.loss_spec.additive:
+                return  # (a per-batch mean of anything but rows is defined micro-batch by micro-batch)
+            nbytes = self._graph_bytes if measured else products.graph_bytes(kept[1])
+            if measured and 2 * nbytes * batches > self._graph_budget():
                 return
+            limit = GRAPH_GROUP_BYTES if self.device.type == "cpu" else self._graph_budget() // 2
+            group = min(batches, max(1, int(limit // max(nbytes, 1))))
+            if group <= 1:
+                return
+            rows = group * self.source.batch_size
             try:
-                graph = products.gradient_graph(self, self.source.data, 0)
+                graph = products.gradient_graph(self, take_rows(self.source.data, slice(0, rows), self.source.rows), 0)
             except Exception:  # noqa: BLE001 -- the micro-batches' products raise whatever is the data's fault
                 return
-        self._graphs, self._merged = {0: graph}, True
+        self._graphs, self._group_rows = {0: graph}, rows
         self._graph_bytes = products.graph_bytes(graph[1]) if measured else 0
 
     @property
