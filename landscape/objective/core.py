@@ -112,7 +112,8 @@ class Objective:
     twice as fast; ``"auto"`` keeps them if the first micro-batch's measured graph times the number of
     micro-batches fits ``graph_memory`` bytes (default: a quarter of the free device memory / available RAM)
     and otherwise keeps none (a stream of unknown length: graphs are kept while their total fits). In-memory
-    data whose graphs fit twice over keeps one graph of all rows (a faster product; :meth:`_prepare_graphs`).
+    data whose graphs fit twice over keeps graphs of merged micro-batches, up to ``GRAPH_GROUP_BYTES`` a graph on
+    a CPU (a faster product; :meth:`_prepare_graphs`).
     ``cache_memory``: a stream that fits this many bytes (default: an eighth of the free memory) is kept
     after its first pass. ``memory``: ``"low"`` keeps no gradient graph and no stream (one micro-batch's
     graph alive at a time, as PyHessian) and asks measures for compact workspaces (:attr:`low_memory`);
@@ -725,8 +726,8 @@ class Objective:
         looped otherwise, and wherever ``vmap`` cannot batch the backward. The rule reads the graph, never a
         timing, so the numbers are reproducible where memory is not tight (a timed choice made a resumed study
         differ from an uninterrupted one in the last bits).
-        Measured (one thread, CPU time of an 8-vector block, loop / batched, on the one graph of all rows of
-        the workloads of ``benchmarks/workloads.py``, machine shared; saved elements per node): small LSTM 1.40
+        Measured (one thread, CPU time of an 8-vector block, loop / batched, on one graph of all rows of the
+        workloads of ``benchmarks/workloads.py``, machine shared; saved elements per node): small LSTM 1.40
         (1.6k), small MLP 1.47 (3.6k); small CNN 0.91 (7.3k), small GPT-2 0.84 (8.9k), small ResNet-BN 0.90 (10k),
         small ViT 0.68 (12k), large LSTM 0.76 (8.8k), large MLP 0.76 (20k), large CNN 0.86 (57k); large ResNet-BN
         1.18 (40k) is the one the rule gets wrong."""
