@@ -274,6 +274,7 @@ def analyze(
     report: dict[str, Any] = {**(header or {}), "loss": loss.describe(), "settings": settings(options),
                               "runtime": {"device": str(ctx.device), "world_size": D.world_size(),
                                           "versions": versions()}}
+    check_sizes(ctx, options)
     done = _previous(json_path, report) if resume and json_path is not None and D.is_main() else {}
     if D.is_distributed():  # every rank must run the same measures
         box = [done]
@@ -295,6 +296,35 @@ def analyze(
     if json_path is not None and D.is_main():
         atomic_write_json(json_path, report)
     return report
+
+
+def check_sizes(ctx: AnalysisContext, options: argparse.Namespace) -> None:
+    """One-line errors naming the flag, before any measure runs, for sizes beyond the model's ``P`` selected
+    parameters or the data's rows (in-memory data): ``--top-k`` (twice with ``--which both``), ``--fisher-k``,
+    ``--trace-rank`` against ``--trace-samples``, ``--grad-batch-size``, ``--sharpness-batch-size``."""
+    from landscape.objective.sources import TensorSource
+
+    get = lambda name: getattr(options, name, None)  # noqa: E731 -- flags of measures that may not be loaded
+    wanted = {"top_k": (get("top_k") or 0) * (2 if get("which") == "both" else 1), "fisher_k": get("fisher_k") or 0}
+    batches = {"grad_batch_size": get("grad_batch_size"), "sharpness_batch_size": get("sharpness_batch_size")}
+    rank, samples = get("trace_rank"), get("trace_samples") or 0
+    if not any(wanted.values()) and not any(batches.values()) and rank is None:
+        return
+    obj = ctx.objective()
+    P = obj.num_params
+    for name, n in wanted.items():
+        if n > P:
+            both = " with --which both" if name == "top_k" and get("which") == "both" else ""
+            raise ValueError(f"--{name.replace('_', '-')} {get(name)}{both} asks for {n} eigenvalues of {P} "
+                             "parameters")
+    cost = 2 if get("trace_method") == "hutchpp-random" else 1
+    if rank is not None and 0 < samples < P and (rank < 1 or cost * min(rank, P) + 2 > samples):
+        raise ValueError(f"--trace-rank {rank} needs 1 <= rank and {cost} * rank + 2 <= --trace-samples "
+                         f"({samples})")
+    rows = obj.source.rows if isinstance(obj.source, TensorSource) else None
+    for name, size in batches.items():
+        if size is not None and rows is not None and size > rows:
+            raise ValueError(f"--{name.replace('_', '-')} {size} exceeds the {rows} rows of the data")
 
 
 def _previous(path: str | Path, report: dict[str, Any]) -> dict[str, Any]:

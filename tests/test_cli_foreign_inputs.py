@@ -73,3 +73,23 @@ def test_criterion_settings_tell_results_apart():
 
     plain, smoothed = (as_loss(torch.nn.CrossEntropyLoss(label_smoothing=s)).describe() for s in (0.0, 0.2))
     assert plain != smoothed and smoothed["settings"]["label_smoothing"] == 0.2
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--top-k", "5000"], ["--top-k 5000", "eigenvalues of"]),
+    (["--top-k", "40", "--which", "both"], ["--top-k 40 with --which both"]),
+    (["--fisher-k", "900"], ["--fisher-k 900"]),
+    (["--trace-samples", "10", "--trace-rank", "50"], ["--trace-rank 50", "--trace-samples (10)"]),
+    (["--grad-batch-size", "100000"], ["--grad-batch-size 100000", "rows"]),
+    (["--sharpness-batch-size", "100000"], ["--sharpness-batch-size 100000", "rows"])])
+def test_analyze_sizes_beyond_the_model_or_data_fail_before_any_work(tmp_path, capsys, flags, words):
+    """Sizes that only the model and the data can check: one line naming the flag, and no report written."""
+    ckpt = tmp_path / "m.pt"
+    torch.manual_seed(0)
+    torch.save(tiny_mlp().state_dict(), ckpt)
+    out = tmp_path / "r.json"
+    rc = main(["analyze", str(ckpt), "--model", "tests.fixtures:tiny_mlp", "--data", "tests.fixtures:blobs", "--quiet",
+               "--json", str(out), *flags])  # in-memory data: its rows are known
+    one_line_error(capsys, rc, *words)
+    assert not out.exists()
+

@@ -342,3 +342,12 @@ def test_hutchpp_is_exact_on_tiny_operators_within_budget(method):
         A = torch.diag(torch.tensor([-3.0, 1.0, 2.5], dtype=torch.float64)[:P])
         r = estimate_trace(MatrixOperator(A), method, max_samples=P, rtol=None)
         assert r.trace == pytest.approx(float(torch.trace(A)), abs=1e-12) and r.stderr == 0.0
+
+
+def test_hutchpp_rank_covering_the_dimension_still_keeps_the_budget():
+    """``rank >= P`` with ``max_samples < P`` would spend P products: refused like any sketch beyond the budget."""
+    A = torch.diag(torch.arange(1.0, 21.0, dtype=torch.float64))
+    for rank in (20, 500):
+        with pytest.raises(ValueError, match=f"rank={rank}"):
+            hutchpp(MatrixOperator(A), max_samples=10, rank=rank)
+    assert hutchpp(MatrixOperator(A), max_samples=20, rank=20).trace == pytest.approx(210.0)

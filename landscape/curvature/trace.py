@@ -141,8 +141,8 @@ def hutchpp(
     b = max(1, min(block, r // 32))  # block Krylov: at least 32 steps deep
     if sketch == "block" and r < P:
         r = r // b * b  # whole blocks
-    if not exact and (r < 1 or (r < P and max_samples - cost * r < 2)):
-        raise ValueError(f"hutchpp needs 1 <= rank and {cost} * rank + 2 <= max_samples, got rank={r}, "
+    if not exact and (r < 1 or (r < P and max_samples - cost * r < 2) or (r == P and max_samples < P)):
+        raise ValueError(f"hutchpp needs 1 <= rank and {cost} * rank + 2 <= max_samples, got rank={rank}, "
                          f"max_samples={max_samples}")
     work = Work(op)
     gen = torch.Generator().manual_seed(seed)
