@@ -106,10 +106,11 @@ def test_split_subset_power_and_hutchinson(ckpt, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--top-k", "500"], "eigenvalues <= 75 parameters"),
+    (["--top-k", "500"], "--top-k 500 asks for 500 eigenvalues of 75 parameters"),
     (["--eig-method", "power", "--which", "both"], "largest-magnitude"),
     (["--params", "no_such_layer"], "selects no trainable parameter"),
-    (["--trace-method", "hutchpp-random", "--trace-samples", "4", "--trace-rank", "3"], "hutchpp needs"),
+    (["--trace-method", "hutchpp-random", "--trace-samples", "4", "--trace-rank", "3"],
+     "--trace-rank 3 needs 1 <= rank and 2 * rank + 2 <= --trace-samples (4)"),
     (["--trace-method", "xtrace", "--trace-rank", "3"], "--trace-rank sets the Hutch++ sketch"),
     (["--trace-method", "xtrace", "--trace-samples", "3"], "xtrace needs"),
 ])
