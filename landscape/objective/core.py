@@ -73,11 +73,17 @@ class _Bound(nn.Module):
 
 class _OutputBytes(TorchDispatchMode):
     """Sums the bytes of the new storages the dispatched operators create. An output aliasing an input, or at
-    the address of a storage already counted (a view, or memory freed and reused), adds nothing."""
+    the address of a storage already counted (a view), adds nothing. Counted storages are held until the mode
+    exits, so no address is freed and reused within it: the total does not depend on the allocator (it did, by
+    up to 20%, and flipped the merged batches of point evaluations between runs, and their last bits)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.total, self._seen = 0, set()
+        self.total, self._seen, self._held = 0, set(), []
+
+    def __exit__(self, *exc: Any) -> Any:
+        self._held.clear()
+        return super().__exit__(*exc)
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
@@ -88,6 +94,7 @@ class _OutputBytes(TorchDispatchMode):
             if isinstance(t, torch.Tensor) and (ptr := t.untyped_storage().data_ptr()) not in inputs \
                     and ptr not in self._seen:
                 self._seen.add(ptr)
+                self._held.append(t.untyped_storage())
                 self.total += t.untyped_storage().nbytes()
         return out
 
