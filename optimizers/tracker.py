@@ -78,6 +78,14 @@ class TrackConfig:
     dtype: str | None = None  # float32 / float64 (default: the model's)
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # --track KEY=VALUE gives whatever the value parses as
+            value, kind = getattr(self, f.name), str(f.type)
+            if value is None and "None" in kind or kind == "bool" or kind.startswith("str"):
+                continue
+            if kind.startswith("int") and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValueError(f"track {f.name} must be an integer, got {value!r}")
+            if kind.startswith("float") and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ValueError(f"track {f.name} must be a number, got {value!r}")
         if self.every < 1:
             raise ValueError(f"track every must be >= 1, got {self.every}")
         if self.budget is not None and not 0 < self.budget < 1:

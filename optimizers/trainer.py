@@ -292,6 +292,8 @@ class Trainer:
             if c.log_steps and D.is_main():
                 self._truncate_step_log(step)
         tracker = self.tracker
+        if tracker is None and D.is_main():  # an untracked run: a curvature file there is an earlier run's
+            paths["curvature"].unlink(missing_ok=True)
         if tracker is not None:
             tracker.begin(step, None if state is None else state.get("tracker"))
             if tracker.due(step):

@@ -170,9 +170,14 @@ def test_track_cli_and_errors(tmp_path, capsys):
     assert [r["step"] for r in rows] == [0, 2, 3] and all(r["trace"] is not None for r in rows)
     assert rows[0]["threshold"] == pytest.approx((2 + 2 * 0.9) / 0.1 - 5e-4)
     for bad, msg in ((["--track", "evry=2"], "unknown --track option"), (["--track", "every=0"], "every must be"),
-                     (["--track", "budget=2"], "budget must be")):
+                     (["--track", "budget=2"], "budget must be"), (["--track", "every=2.5"], "every must be an integer"),
+                     (["--track", "subset=abc"], "subset must be an integer"),
+                     (["--track", "tol=fast"], "tol must be a number")):
         assert main(base + ["--restart"] + bad) == 2
-        assert msg in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert msg in err and len(err.strip().splitlines()) == 1, err
+    assert main(base + ["--restart"]) == 0  # untracked: the earlier run's rows are not this checkpoint's
+    assert not run_paths(out)["curvature"].exists()
 
 
 def test_diverging_run_logs_null_curvature(tmp_path):
