@@ -170,7 +170,8 @@ def test_track_cli_and_errors(tmp_path, capsys):
     assert [r["step"] for r in rows] == [0, 2, 3] and all(r["trace"] is not None for r in rows)
     assert rows[0]["threshold"] == pytest.approx((2 + 2 * 0.9) / 0.1 - 5e-4)
     for bad, msg in ((["--track", "evry=2"], "unknown --track option"), (["--track", "every=0"], "every must be"),
-                     (["--track", "budget=2"], "budget must be"), (["--track", "every=2.5"], "every must be an integer"),
+                     (["--track", "budget=2"], "budget must be"),
+                     (["--track", "every=2.5"], "every must be an integer"),
                      (["--track", "subset=abc"], "subset must be an integer"),
                      (["--track", "tol=fast"], "tol must be a number")):
         assert main(base + ["--restart"] + bad) == 2
