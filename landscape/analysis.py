@@ -302,6 +302,7 @@ def check_sizes(ctx: AnalysisContext, options: argparse.Namespace) -> None:
     """One-line errors naming the flag, before any measure runs, for sizes beyond the model's ``P`` selected
     parameters or the data's rows (in-memory data): ``--top-k`` (twice with ``--which both``), ``--fisher-k``,
     ``--trace-rank`` against ``--trace-samples``, ``--grad-batch-size``, ``--sharpness-batch-size``."""
+    from landscape.curvature.trace import SKETCH_PRODUCTS
     from landscape.objective.sources import TensorSource
 
     get = lambda name: getattr(options, name, None)  # noqa: E731 -- flags of measures that may not be loaded
@@ -317,7 +318,7 @@ def check_sizes(ctx: AnalysisContext, options: argparse.Namespace) -> None:
             both = " with --which both" if name == "top_k" and get("which") == "both" else ""
             raise ValueError(f"--{name.replace('_', '-')} {get(name)}{both} asks for {n} eigenvalues of {P} "
                              "parameters")
-    cost = 2 if get("trace_method") == "hutchpp-random" else 1
+    cost = SKETCH_PRODUCTS.get(str(get("trace_method")).removeprefix("hutchpp-"), 1)
     if rank is not None and 0 < samples < P and (rank < 1 or cost * min(rank, P) + 2 > samples):
         raise ValueError(f"--trace-rank {rank} needs 1 <= rank and {cost} * rank + 2 <= --trace-samples "
                          f"({samples})")

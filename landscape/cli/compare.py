@@ -136,8 +136,7 @@ def landscape_section(args: argparse.Namespace, opened: list[Opened], stem: str,
     """1-D curves and 2-D surfaces side by side and the interpolations; returns the summary section (files
     included) and the surfaces."""
     from landscape import distributed as D
-    from landscape.cli.guards import second_checkpoint
-    from landscape.landscapes.directions import interpolation_direction
+    from landscape.landscapes.directions import checkpoint_vector, interpolation_direction
     from landscape.landscapes.interpolation import barrier_heights
     from landscape.landscapes.surface import compute_surface
 
@@ -171,7 +170,7 @@ def landscape_section(args: argparse.Namespace, opened: list[Opened], stem: str,
             train = next(iter(objs.values()))
             name = f"{a.label} → {b.label}"
             sub = f"{stem}.interp-{_safe(a.label)}-{_safe(b.label)}"
-            vb, sb = second_checkpoint(train, b.ckpt.path, args)
+            vb, sb = checkpoint_vector(train, b.ckpt)  # opened, stripped and checked by open_all
             dirs = interpolation_direction(train, vb, source=sb)
             s = compute_surface(objs, dirs, [t], bn=args.bn, bn_source=objs.get("train"),
                                 chunk_size=A.chunk_size(args), path=f"{sub}.npz", resume=not args.restart,

@@ -91,6 +91,10 @@ def hutchinson(
                        converged=converged, num_matvecs=work.matvecs, num_passes=work.passes, samples=samples)
 
 
+SKETCH_PRODUCTS = {"random": 2, "lanczos": 1, "block": 1}
+"""Hutch++'s products per sketch dimension: ``A S`` and then ``Q^T A Q`` for a random sketch, one for a Krylov one."""
+
+
 def hutchpp(
     op: Any,
     *,
@@ -131,7 +135,7 @@ def hutchpp(
         raise ValueError(f"sketch must be 'random', 'lanczos' or 'block', got {sketch!r}")
     op = as_operator(op)
     P = op.num_params
-    cost = 2 if sketch == "random" else 1  # products per sketch dimension
+    cost = SKETCH_PRODUCTS[sketch]
     adaptive = rank is None and rtol is not None and sketch != "random"
     exact = rank is None and max_samples >= P  # the budget covers the unit vectors
     if rank is None:
@@ -576,6 +580,6 @@ def _stderr(samples: np.ndarray) -> float:
     return float(samples.std(ddof=1) / np.sqrt(len(samples))) if len(samples) > 1 else float("inf")
 
 
-__all__ = ["DEFAULT_TRACE_METHOD", "Deflated", "TRACE_METHODS", "TraceResult",
+__all__ = ["DEFAULT_TRACE_METHOD", "Deflated", "SKETCH_PRODUCTS", "TRACE_METHODS", "TraceResult",
            "block_krylov", "estimate_trace", "extend_basis", "hutchinson", "hutchpp", "rademacher", "sphere",
            "trace_estimator", "xnystrace", "xtrace"]
